@@ -1,0 +1,55 @@
+# Two entry points on a fresh machine:  `make run`  and  `make test`.
+# Both create .venv and install the project on first use.
+
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+# torch is installed before the project so that pip never resolves it on its own: an unpinned
+# torch pulls a multi-GB CUDA build. This pin is a CPU wheel where one is on disk; elsewhere
+# add TORCH_INDEX=https://download.pytorch.org/whl/cpu. A GPU user installs their own build
+# into $(VENV) first (or sets TORCH_SPEC): an importable torch is never replaced.
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+
+# Offline and quiet: nothing is downloaded at run time, no telemetry.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export KEDRO_DISABLE_TELEMETRY := 1
+export DO_NOT_TRACK := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install run test lint viz mlflow-ui clean-data
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	@if $(PY) -c "import torch" 2>/dev/null; then \
+		echo "keeping installed torch $$($(PY) -c 'import torch; print(torch.__version__)')"; \
+	else \
+		$(PY) -m pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)); \
+	fi
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(VENV)/bin/kedro run
+
+test: install
+	$(VENV)/bin/pytest
+
+lint: install
+	$(VENV)/bin/ruff check src tests scripts
+	$(VENV)/bin/ruff format --check src tests scripts
+
+viz: install
+	$(VENV)/bin/kedro viz run
+
+mlflow-ui: install
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db
+
+clean-data:
+	find data -type f ! -name .gitkeep -delete
+	rm -f mlflow.db

@@ -1,0 +1,1 @@
+"""Custom Kedro datasets: image folders, model directories, API clients, caches."""

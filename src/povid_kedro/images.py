@@ -1,0 +1,141 @@
+"""A folder of images addressed by paths relative to its root.
+
+Records (LLaVA-Instruct, POVID preference data, COCO) name images by relative paths;
+this module resolves them safely and opens them fully, so that corrupt files fail here
+with the path in the message rather than later inside a model's image processor.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import posixpath
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+class ImagePathError(ValueError):
+    """An image path that is absolute or leaves the image root."""
+
+
+class ImageReadError(OSError):
+    """An image file that is missing, unreadable or corrupt."""
+
+
+def normalize_relpath(relpath: str) -> str:
+    """Normalise a record's image path, refusing paths outside the root.
+
+    Args:
+        relpath: Path as written in the record, relative to the image root.
+
+    Returns:
+        The normalised POSIX relative path.
+
+    Raises:
+        ImagePathError: If the path is empty, absolute, or climbs out of the root.
+    """
+    if not isinstance(relpath, str) or not relpath.strip():
+        raise ImagePathError("empty image path")
+    posix = relpath.replace("\\", "/")
+    if posix.startswith("/") or (len(posix) > 1 and posix[1] == ":"):
+        raise ImagePathError(f"image path {relpath!r} is absolute; give it relative to the root")
+    norm = posixpath.normpath(posix)
+    if norm == ".." or norm.startswith("../"):
+        raise ImagePathError(f"image path {relpath!r} escapes the image root")
+    return norm
+
+
+class ImageFolder(Mapping[str, Path]):
+    """Read-only view of an image folder: relative path -> file path.
+
+    Args:
+        root: The folder that record image paths are relative to.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    def path(self, relpath: str) -> Path:
+        """Absolute path of a record's image, checked to stay inside the root.
+
+        Symbolic links are resolved too, so a link pointing outside the root is refused.
+        """
+        norm = normalize_relpath(relpath)
+        root = self.root.resolve()
+        target = (root / norm).resolve()
+        if target != root and root not in target.parents:
+            raise ImagePathError(f"image path {relpath!r} escapes the image root")
+        return target
+
+    def open(self, relpath: str) -> Image.Image:
+        """Open and fully decode one image.
+
+        Raises:
+            ImagePathError: For a path outside the root.
+            ImageReadError: For a missing, unreadable or corrupt file.
+        """
+        target = self.path(relpath)
+        if not target.is_file():
+            raise ImageReadError(f"image {relpath!r} not found under {self.root}")
+        try:
+            data = target.read_bytes()
+            image = Image.open(io.BytesIO(data))
+            image.load()  # decode now: truncated files fail here, not downstream
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+            raise ImageReadError(f"image {relpath!r} cannot be decoded: {err}") from err
+        return image
+
+    def read_bytes(self, relpath: str) -> bytes:
+        """Raw file content (for hashing or sending to an API)."""
+        return self.path(relpath).read_bytes()
+
+    # Mapping protocol over the files present, so the folder can be listed and counted.
+    def __getitem__(self, relpath: str) -> Path:
+        target = self.path(relpath)
+        if not target.is_file():
+            raise KeyError(relpath)
+        return target
+
+    def __iter__(self) -> Iterator[str]:
+        if not self.root.is_dir():
+            return
+        for dirpath, _dirs, files in os.walk(self.root):
+            for name in sorted(files):
+                if name.lower().endswith(IMAGE_SUFFIXES):
+                    yield Path(dirpath, name).relative_to(self.root).as_posix()
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __contains__(self, relpath: object) -> bool:
+        try:
+            return isinstance(relpath, str) and self.path(relpath).is_file()
+        except ImagePathError:
+            return False
+
+    def __repr__(self) -> str:
+        return f"ImageFolder({str(self.root)!r})"
+
+
+def write_images(root: str | os.PathLike[str], images: Mapping[str, Image.Image]) -> None:
+    """Write images under ``root``; the format follows each name's suffix.
+
+    PNG output is byte-identical for identical pixels, which keeps generated data
+    reproducible.
+    """
+    root_path = Path(root)
+    root_path.mkdir(parents=True, exist_ok=True)
+    for relpath, image in images.items():
+        normalize_relpath(relpath)
+        target = root_path / relpath
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".tmp")
+        fmt = Image.registered_extensions().get(target.suffix.lower())
+        if fmt is None:
+            raise ValueError(f"cannot tell the image format of {relpath!r} from its suffix")
+        image.save(tmp, format=fmt)
+        os.replace(tmp, target)

@@ -1,0 +1,1 @@
+"""Kedro pipelines, one folder each; the folder name is the registry key."""
