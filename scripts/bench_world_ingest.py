@@ -1,0 +1,64 @@
+"""Benchmark: generate the default embedded world and ingest it, as `kedro run` does.
+
+Runs `embedded_world` then `ingest_ground_truth` through a real Kedro session (MLflow tracking
+included) in a temporary copy of the project's configuration, with the default parameters, and
+prints the wall time of each against the 60 s budget of issue 2.
+
+    .venv/bin/python scripts/bench_world_ingest.py
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BUDGET_S = 60.0
+
+for key, value in {
+    "HF_HUB_OFFLINE": "1",
+    "KEDRO_DISABLE_TELEMETRY": "1",
+    "DO_NOT_TRACK": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+}.items():
+    os.environ.setdefault(key, value)
+
+
+def main() -> int:
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    logging.disable(logging.INFO)
+    with tempfile.TemporaryDirectory() as tmp:
+        project = Path(tmp)
+        shutil.copytree(ROOT / "conf", project / "conf", ignore=shutil.ignore_patterns("local"))
+        (project / "conf" / "local").mkdir()
+        shutil.copy(ROOT / "pyproject.toml", project)
+        (project / "src").mkdir()  # the package is imported from the install
+        os.chdir(project)
+        bootstrap_project(project)
+        times = {}
+        for pipeline in ("embedded_world", "ingest_ground_truth"):
+            start = time.perf_counter()
+            with KedroSession.create(project_path=project) as session:
+                session.run(pipeline_name=pipeline)
+            times[pipeline] = time.perf_counter() - start
+        n_train = len(list((project / "data/01_raw/world/train2014").iterdir()))
+        n_eval = len(list((project / "data/01_raw/world/val2014").iterdir()))
+    total = sum(times.values())
+    for name, seconds in times.items():
+        print(f"{name:22s} {seconds:6.1f} s")  # noqa: T201
+    print(  # noqa: T201
+        f"{'total':22s} {total:6.1f} s  ({n_train} train + {n_eval} eval images) "
+        f"= {total / BUDGET_S:.2f} x the {BUDGET_S:.0f} s budget"
+    )
+    return 0 if total <= BUDGET_S else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

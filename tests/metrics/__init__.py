@@ -1,0 +1,1 @@
+"""Tests of the hallucination metrics (CHAIR, POPE, MMHal-Bench)."""
