@@ -1,0 +1,1 @@
+"""Hallucination metrics: CHAIR, POPE and MMHal-Bench (library code, no Kedro)."""
