@@ -35,7 +35,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def _run(project: Path, pipeline: str) -> None:
     with KedroSession.create(project_path=project, runtime_params=SMALL_WORLD) as session:
-        session.run(pipeline_name=pipeline)
+        session.run(pipeline_names=[pipeline])
     # kedro-mlflow 2.0.3 re-enters its run once per node (for threaded runners) and closes it
     # once, which leaves it on mlflow's stack in this process; a CLI run ends with its process.
     # Close it, as a second `kedro run` process would start clean.

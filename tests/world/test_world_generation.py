@@ -1,0 +1,336 @@
+"""The embedded world: determinism, record formats, ground-truth consistency, priors."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import math
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from matplotlib.figure import Figure
+
+from povid_kedro.world import World, WorldConfig, generate_world, make_sample_figure
+from povid_kedro.world.formats import parse_synonyms
+
+ROOT = Path(__file__).resolve().parents[2]
+PARAMS = ROOT / "conf" / "base" / "parameters_embedded_world.yml"
+REFERENCE_SYNONYMS = Path("/work/shared/reference/coco_synonyms.txt")
+
+
+def default_params() -> dict[str, Any]:
+    return yaml.safe_load(PARAMS.read_text())["embedded_world"]
+
+
+def small_params(n_train: int = 200, n_eval: int = 100, **overrides: Any) -> dict[str, Any]:
+    params = default_params()
+    params["n_train_images"] = n_train
+    params["n_eval_images"] = n_eval
+    params.update(overrides)
+    return params
+
+
+def serialise(world: World) -> dict[str, bytes]:
+    """Write a world as it would be saved: PNG bytes per image, JSON per document."""
+    out = {}
+    for name, image in {**world.train_images, **world.eval_images}.items():
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        out[name] = buf.getvalue()
+    docs = {
+        "instructions": world.instructions,
+        "instances": world.instances,
+        "captions": world.captions,
+        "pope": world.pope,
+        "scenes": world.scenes,
+        "meta": world.meta,
+    }
+    for key, doc in docs.items():
+        out[key] = json.dumps(doc, sort_keys=True).encode()
+    out["synonyms"] = world.synonyms.encode()
+    return out
+
+
+@pytest.fixture(scope="module")
+def cfg() -> WorldConfig:
+    return WorldConfig.from_dict(small_params())
+
+
+@pytest.fixture(scope="module")
+def world(cfg: WorldConfig) -> World:
+    return generate_world(cfg)
+
+
+def _object_words(cfg: WorldConfig) -> tuple[re.Pattern[str], dict[str, str]]:
+    words = cfg.vocabulary_words()
+    alternatives = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
+    return re.compile(rf"\b({alternatives})\b"), words
+
+
+def _mentions(text: str, cfg: WorldConfig) -> set[str]:
+    pattern, words = _object_words(cfg)
+    return {words[m] for m in pattern.findall(text.lower())}
+
+
+# --------------------------------------------------------------------------------------------
+def test_default_parameters_load_and_round_trip() -> None:
+    cfg = WorldConfig.from_dict(default_params())
+    assert (cfg.n_train_images, cfg.n_eval_images, cfg.image_size) == (6000, 1200, 96)
+    assert len(cfg.categories) >= 16
+    assert len(cfg.colours) >= 5
+    assert cfg.cooccurrence == {"train": 0.9, "eval": 0.5}
+    assert WorldConfig.from_dict(cfg.to_dict()) == cfg
+    json.dumps(cfg.to_dict())
+
+
+def test_same_seed_gives_identical_bytes_and_other_seed_differs(cfg: WorldConfig) -> None:
+    first = serialise(generate_world(cfg))
+    again = serialise(generate_world(WorldConfig.from_dict(small_params())))
+    assert first.keys() == again.keys()
+    assert all(first[k] == again[k] for k in first)
+
+    other = serialise(generate_world(WorldConfig.from_dict(small_params(seed=cfg.seed + 1))))
+    differing = [k for k in first if first[k] != other.get(k)]
+    assert len(differing) > 0.9 * len(first)
+
+
+def test_eval_size_does_not_change_training_data(world: World) -> None:
+    bigger = generate_world(WorldConfig.from_dict(small_params(n_eval=130)))
+    assert bigger.train_images.keys() == world.train_images.keys()
+    for name, image in world.train_images.items():
+        assert image.tobytes() == bigger.train_images[name].tobytes()
+    assert bigger.instructions == world.instructions
+    # The first evaluation images are the same too: each image has its own child seed.
+    assert bigger.eval_images["val_000001.png"].tobytes() == (
+        world.eval_images["val_000001.png"].tobytes()
+    )
+
+
+def test_images_are_rgb_of_the_configured_size(world: World, cfg: WorldConfig) -> None:
+    assert len(world.train_images) == cfg.n_train_images
+    assert len(world.eval_images) == cfg.n_eval_images
+    assert sorted(world.train_images)[0] == "train_000001.png"
+    assert sorted(world.eval_images)[0] == "val_000001.png"
+    for image in [*world.train_images.values(), *world.eval_images.values()]:
+        assert image.mode == "RGB"
+        assert image.size == (cfg.image_size, cfg.image_size)
+
+
+def test_llava_records_parse(world: World) -> None:
+    records = [r for key in ("detail", "complex_reasoning") for r in world.instructions[key]]
+    records = json.loads(json.dumps(records))
+    ids = [r["id"] for r in records]
+    assert len(ids) == len(set(ids))
+    assert world.instructions["detail"] and world.instructions["complex_reasoning"]
+    for rec in records:
+        assert set(rec) == {"id", "image", "conversations"}
+        assert rec["image"] in world.train_images
+        conv = rec["conversations"]
+        assert len(conv) % 2 == 0
+        assert [m["from"] for m in conv] == ["human", "gpt"] * (len(conv) // 2)
+        assert conv[0]["value"].startswith("<image>\n")
+        assert all("<image>" not in m["value"] for m in conv[1:])
+        assert all(m["value"].strip() for m in conv)
+    lengths = Counter(len(r["conversations"]) for r in world.instructions["complex_reasoning"])
+    assert lengths[2] and lengths[4], "both single- and two-turn reasoning records"
+    prompts = {r["conversations"][0]["value"] for r in world.instructions["detail"]}
+    assert len(prompts) > 5
+
+
+def test_descriptions_and_captions_name_only_present_objects(
+    world: World, cfg: WorldConfig
+) -> None:
+    truth = {s["file_name"]: {o["category"] for o in s["objects"]} for s in world.scenes["train"]}
+    mentioned_share = []
+    for rec in world.instructions["detail"]:
+        named = _mentions(rec["conversations"][1]["value"], cfg)
+        assert named, rec
+        assert named <= truth[rec["image"]], rec
+        mentioned_share.append(len(named) / len(truth[rec["image"]]))
+    # Non-exhaustive, like COCO/LLaVA: not every object is always described.
+    assert 0.5 < sum(mentioned_share) / len(mentioned_share) < 0.98
+
+    eval_truth = {
+        s["image_id"]: {o["category"] for o in s["objects"]} for s in world.scenes["eval"]
+    }
+    per_image = Counter(a["image_id"] for a in world.captions["annotations"])
+    assert set(per_image.values()) == {cfg.text.captions_per_image}
+    for ann in world.captions["annotations"]:
+        named = _mentions(ann["caption"], cfg)
+        assert named and named <= eval_truth[ann["image_id"]], ann
+
+
+def test_coco_files_are_consistent(world: World, cfg: WorldConfig) -> None:
+    instances = json.loads(json.dumps(world.instances))
+    captions = json.loads(json.dumps(world.captions))
+    image_ids = {im["id"] for im in instances["images"]}
+    cat_ids = {c["id"] for c in instances["categories"]}
+    assert {c["name"] for c in instances["categories"]} == set(cfg.category_names)
+    assert {c["supercategory"] for c in instances["categories"]} == set(cfg.scenes)
+    assert {im["file_name"] for im in instances["images"]} == set(world.eval_images)
+    assert all(im["width"] == im["height"] == cfg.image_size for im in instances["images"])
+    ann_ids = [a["id"] for a in instances["annotations"]]
+    assert len(ann_ids) == len(set(ann_ids))
+    for ann in instances["annotations"]:
+        assert ann["image_id"] in image_ids
+        assert ann["category_id"] in cat_ids
+        x, y, w, h = ann["bbox"]
+        assert 0 <= x and 0 <= y and w > 0 and h > 0
+        assert x + w <= cfg.image_size and y + h <= cfg.image_size
+        assert ann["iscrowd"] == 0 and 0 < ann["area"] <= w * h
+        assert len(ann["segmentation"][0]) == 8
+    for ann in captions["annotations"]:
+        assert ann["image_id"] in image_ids and ann["caption"].strip()
+    assert captions["images"] == instances["images"]
+    n_objects = sum(len(s["objects"]) for s in world.scenes["eval"])
+    assert len(instances["annotations"]) == n_objects
+
+
+def test_synonyms_parse_like_the_reference_list(world: World, cfg: WorldConfig) -> None:
+    ours = parse_synonyms(world.synonyms)
+    assert list(ours) == cfg.category_names
+    assert ours["traffic light"][0] == "traffic light" and "stoplight" in ours["traffic light"]
+    assert any(" " in w for words in ours.values() for w in words[1:]), "a two-word synonym"
+    every = [w for words in ours.values() for w in words]
+    assert len(every) == len(set(every)), "no word names two categories"
+    assert world.meta["synonyms"] == ours
+    if not REFERENCE_SYNONYMS.exists():
+        pytest.skip("reference COCO synonym list not available")
+    reference = parse_synonyms(REFERENCE_SYNONYMS.read_text())
+    assert len(reference) == 80
+    for parsed in (ours, reference):
+        for canonical, words in parsed.items():
+            assert isinstance(canonical, str) and words[0] == canonical
+            assert all(isinstance(w, str) and w == w.strip() and w for w in words)
+    # The world's words are COCO's words: same canonical names where they exist.
+    assert set(ours) <= set(reference)
+
+
+def test_pope_files_are_balanced_and_true(world: World, cfg: WorldConfig) -> None:
+    present = {s["file_name"]: {o["category"] for o in s["objects"]} for s in world.scenes["eval"]}
+    name_of = {
+        f"Is there {a} {c} in the image?": c for c in cfg.category_names for a in ("a", "an")
+    }
+    assert set(world.pope) == {"random", "popular", "adversarial"}
+    for split, questions in world.pope.items():
+        assert questions, split
+        assert [q["question_id"] for q in questions] == list(range(1, len(questions) + 1))
+        labels: dict[str, Counter[str]] = {}
+        for q in questions:
+            assert set(q) == {"question_id", "image", "text", "label"}
+            category = name_of[q["text"]]
+            if q["label"] == "yes":
+                assert category in present[q["image"]], (split, q)
+            else:
+                assert q["label"] == "no" and category not in present[q["image"]], (split, q)
+            labels.setdefault(q["image"], Counter())[q["label"]] += 1
+        assert all(c["yes"] == c["no"] >= 1 for c in labels.values())
+        assert len(labels) == len(world.eval_images)
+
+
+def test_adversarial_pope_asks_about_absent_partners(world: World, cfg: WorldConfig) -> None:
+    """Co-occurrence drives the adversarial split, as on COCO: absent partners are asked about."""
+    partners = {c.name: c.partner for c in cfg.categories}
+    present = {s["file_name"]: {o["category"] for o in s["objects"]} for s in world.scenes["eval"]}
+    name_of = {
+        f"Is there {a} {c} in the image?": c for c in cfg.category_names for a in ("a", "an")
+    }
+
+    def partner_share(split: str) -> float:
+        negatives = [q for q in world.pope[split] if q["label"] == "no"]
+        hits = sum(
+            any(partners[p] == name_of[q["text"]] for p in present[q["image"]]) for q in negatives
+        )
+        return hits / len(negatives)
+
+    assert partner_share("adversarial") > 2 * partner_share("random")
+
+
+def _binomial_ok(scenes: list[dict[str, Any]], rate: float) -> tuple[bool, float, int]:
+    trials = [o for s in scenes for o in s["objects"] if o["partner_trial"]]
+    added = sum(o["partner_added"] for o in trials)
+    n = len(trials)
+    tolerance = 4 * math.sqrt(rate * (1 - rate) / n) + 1e-9
+    return abs(added / n - rate) <= tolerance, added / n, n
+
+
+def test_cooccurrence_rates_are_as_configured() -> None:
+    cfg = WorldConfig.from_dict(small_params(n_train=300, n_eval=300))
+    world = generate_world(cfg)
+    for split in ("train", "eval"):
+        ok, observed, n = _binomial_ok(world.scenes[split], cfg.cooccurrence[split])
+        assert n > 200
+        assert ok, (split, observed, cfg.cooccurrence[split], n)
+        assert world.meta["statistics"][split]["partner_rate"] == pytest.approx(observed, abs=1e-4)
+    # Change the configured rates: the data follows.
+    params = small_params(n_train=300, n_eval=300, cooccurrence={"train": 0.6, "eval": 0.2})
+    tuned = generate_world(WorldConfig.from_dict(params))
+    assert _binomial_ok(tuned.scenes["train"], 0.6)[0]
+    assert _binomial_ok(tuned.scenes["eval"], 0.2)[0]
+
+
+def test_scene_records_match_the_layout(world: World, cfg: WorldConfig) -> None:
+    cell_h, cell_w = cfg.cell_size
+    colours, sizes = set(cfg.colours), set(cfg.sizes)
+    for split, scenes in world.scenes.items():
+        for s in json.loads(json.dumps(scenes)):
+            assert s["split"] == split and s["scene"] in cfg.scenes
+            objects = s["objects"]
+            assert 1 <= len(objects) <= len(cfg.grid.rows) * len(cfg.grid.cols)
+            cells = [tuple(o["cell"]) for o in objects]
+            assert len(cells) == len(set(cells)), "one object per cell"
+            names = Counter(o["category"] for o in objects)
+            assert max(names.values()) <= 2
+            for o in objects:
+                assert o["colour"] in colours and o["size"] in sizes
+                row, col = o["cell"]
+                x, y, w, h = o["bbox"]
+                assert col * cell_w <= x and x + w <= (col + 1) * cell_w
+                assert row * cell_h <= y and y + h <= (row + 1) * cell_h
+                if o["added_as_partner"]:
+                    assert o["partner_of"] in names
+                    assert cfg.categories[o["category_id"] - 1].name == o["category"]
+                if o["partner_added"]:
+                    partner = cfg.categories[o["category_id"] - 1].partner
+                    assert any(
+                        p["partner_of"] == o["category"] and p["category"] == partner
+                        for p in objects
+                    )
+
+
+def test_text_knobs_change_text_not_pixels(world: World) -> None:
+    params = small_params()
+    params["text"] = copy.deepcopy(params["text"]) | {"mention_probability": 1.0}
+    exhaustive = generate_world(WorldConfig.from_dict(params))
+    name = "train_000010.png"
+    assert exhaustive.train_images[name].tobytes() == world.train_images[name].tobytes()
+    for s in exhaustive.scenes["train"]:
+        assert set(s["described"]) == {o["category"] for o in s["objects"]}
+
+
+def test_sample_figure(world: World) -> None:
+    fig = make_sample_figure(world, n=8)
+    assert isinstance(fig, Figure)
+    shown = [ax for ax in fig.axes if ax.images]
+    assert len(shown) == 8
+    assert all(ax.get_xlabel() for ax in shown), "each image carries its description"
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    assert buf.getvalue()[:4] == b"\x89PNG"
+
+
+def test_default_world_has_the_configured_shape() -> None:
+    """The full default world (no timing here: generation speed is a benchmark, not a test)."""
+    cfg = WorldConfig.from_dict(default_params())
+    world = generate_world(cfg)
+    assert len(world.train_images) == 6000 and len(world.eval_images) == 1200
+    assert len(world.instructions["detail"]) == 6000
+    for split in ("train", "eval"):
+        ok, observed, n = _binomial_ok(world.scenes[split], cfg.cooccurrence[split])
+        assert ok, (split, observed, n)
+    assert len({q["image"] for q in world.pope["adversarial"]}) == 1200
