@@ -40,6 +40,6 @@ def generate_world_node(params: dict[str, Any]) -> dict[str, Any]:
         "pope_adversarial": world.pope["adversarial"],
         "world_scenes": world.scenes,
         "world_meta": world.meta,
+        "cooccurrence_partners": world.meta["partners"],
         "world_samples_figure": make_sample_figure(world, n=int(params.get("figure_samples", 8))),
     }
-

@@ -16,6 +16,7 @@ WORLD_OUTPUTS = [
     "pope_adversarial",
     "world_scenes",
     "world_meta",
+    "cooccurrence_partners",
     "world_samples_figure",
 ]
 

@@ -1,0 +1,5 @@
+"""Dispreferred answers y_h-: ground truth rewritten with hallucinations."""
+
+from .pipeline import create_pipeline
+
+__all__ = ["create_pipeline"]

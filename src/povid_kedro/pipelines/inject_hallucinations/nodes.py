@@ -1,0 +1,92 @@
+"""Nodes of the inject_hallucinations pipeline."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pandas as pd
+
+from povid_kedro.hallucination import (
+    ClientConfig,
+    InjectionCache,
+    diff_report,
+    make_injector,
+    to_povid_json,
+    to_trl_rows,
+)
+from povid_kedro.images import ImageFolder
+
+logger = logging.getLogger(__name__)
+
+
+def inject_hallucinations_node(
+    ground_truth_train: pd.DataFrame,
+    ground_truth_eval: pd.DataFrame,
+    train_images: ImageFolder,
+    object_synonyms: str,
+    openai_client: ClientConfig,
+    injection_cache: InjectionCache,
+    params: dict[str, Any],
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, dict[str, float]]]:
+    """Give every ground-truth sample a rejected answer, or a recorded failure.
+
+    Both splits are injected (the eval pairs measure held-out reward accuracy in training);
+    samples that already have a rejected answer (POVID's published data) pass through.
+
+    Args:
+        ground_truth_train: Canonical table, train split.
+        ground_truth_eval: Canonical table, eval split.
+        train_images: Image root of both splits (the API injector sends the image).
+        object_synonyms: The object vocabulary (``canonical, syn, ...`` lines) of the rules.
+        openai_client: Endpoint and key, used only by the ``openai`` injector.
+        injection_cache: On-disk cache of paid-for answers, used only by ``openai``.
+        params: The ``inject_hallucinations`` parameters.
+
+    Returns:
+        The pairs (with a ``split`` column), the failures, and the stats as MLflow metrics.
+    """
+    samples = pd.concat(
+        [ground_truth_train.assign(split="train"), ground_truth_eval.assign(split="eval")],
+        ignore_index=True,
+    )
+    injector = make_injector(
+        params, client_config=openai_client, cache=injection_cache, synonyms=object_synonyms
+    )
+    result = injector.inject(samples.drop(columns="split"), train_images.open)
+    splits = dict(zip(samples["id"], samples["split"], strict=True))
+    pairs = result.pairs.assign(split=result.pairs["id"].map(splits))
+    if len(pairs) + len(result.failures) != len(samples):
+        raise RuntimeError(
+            f"injection lost samples: {len(samples)} in, {len(pairs)} pairs + "
+            f"{len(result.failures)} failures out"
+        )
+    if pairs.empty:
+        reasons = result.failures["reason"].value_counts().to_dict()
+        raise ValueError(f"no preference pair could be made from {len(samples)} samples: {reasons}")
+    logger.info(
+        "inject_hallucinations: %d pairs (%d train / %d eval), %d failures",
+        len(pairs),
+        int((pairs["split"] == "train").sum()),
+        int((pairs["split"] == "eval").sum()),
+        len(result.failures),
+    )
+    metrics = {name: {"value": float(v), "step": 0} for name, v in result.stats.items()}
+    return pairs, result.failures, metrics
+
+
+def export_pairs_node(
+    pairs: pd.DataFrame, params: dict[str, Any]
+) -> tuple[list[dict[str, Any]], pd.DataFrame, str]:
+    """The pairs in POVID's published JSON, in trl's DPO format, and as a readable report.
+
+    Args:
+        pairs: The preference pairs.
+        params: The ``inject_hallucinations`` parameters (``report_samples``).
+
+    Returns:
+        POVID-format records, trl rows (``image, prompt, chosen, rejected`` + ``split``), and a
+        markdown sample report with the changed words highlighted.
+    """
+    trl = to_trl_rows(pairs).assign(id=pairs["id"].to_numpy(), split=pairs["split"].to_numpy())
+    return to_povid_json(pairs), trl, diff_report(pairs, n=int(params["report_samples"]))

@@ -1,0 +1,1 @@
+"""Tests of the hallucination injectors and their datasets."""

@@ -1,0 +1,1 @@
+"""Test support: real loopback servers and helpers shared by test packages."""
