@@ -69,3 +69,52 @@ def test_world_and_ingest_run_in_a_kedro_session_and_track_to_mlflow(project: Pa
         [experiment.experiment_id], "tags.`mlflow.runName` = 'inject_hallucinations'"
     )
     assert runs[0].data.metrics["inject.pairs"] == len(pairs)
+
+
+TINY_MODEL = {
+    "base_model": {
+        "model": {
+            "image_size": 32,
+            "patch_size": 8,
+            "text_hidden_size": 32,
+            "vision_hidden_size": 32,
+            "text_intermediate_size": 64,
+            "vision_intermediate_size": 64,
+        },
+        "tokenizer": {"vocab_size": 400},
+        "train": {"steps": 12, "batch_size": 8, "text_warmup_steps": 4, "log_every": 4},
+    },
+    "evaluate": {
+        "max_images": 12,
+        "max_pope_questions": 16,
+        "description_generation": {"max_new_tokens": 16},
+    },
+}
+
+
+def test_base_model_and_evaluate_in_a_kedro_session(project: Path):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    for pipeline in ("embedded_world", "ingest_ground_truth", "base_model", "evaluate"):
+        run_pipeline(project, pipeline, TINY_MODEL)
+
+    # The base model directory loads like any Hugging Face LLaVA.
+    model_dir = project / "data" / "06_models" / "base_model"
+    AutoModelForImageTextToText.from_pretrained(model_dir)
+    assert AutoProcessor.from_pretrained(model_dir).image_token == "<image>"
+
+    report = (project / "data" / "08_reporting" / "evaluation_report.md").read_text()
+    assert "| base |" in report and "objects / image" in report
+    assert (project / "data" / "08_reporting" / "evaluation.png").stat().st_size > 0
+    captions = (project / "data" / "07_model_output" / "base" / "captions.jsonl").read_text()
+    assert len(captions.splitlines()) == 12
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("povid_kedro")
+    by_name = {run.info.run_name: run for run in client.search_runs([experiment.experiment_id])}
+    assert "base_model.sft_loss" in by_name["base_model"].data.metrics
+    history = client.get_metric_history(by_name["base_model"].info.run_id, "base_model.sft_loss")
+    assert len(history) == 3  # 12 steps logged in windows of 4
+    evaluated = by_name["evaluate"].data.metrics
+    for key in ("base.chair_s", "base.recall", "base.objects_per_image", "base.pope_random_f1"):
+        assert 0.0 <= evaluated[key] <= 50.0, key

@@ -8,4 +8,7 @@ CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",
+    # An environment (conf/llava15, conf/local) overrides single parameters, not whole
+    # pipelines' parameter blocks; catalog entries are still replaced whole.
+    "merge_strategy": {"parameters": "soft"},
 }

@@ -1,0 +1,256 @@
+"""Train the tiny base model on the embedded world and measure how (and why) it hallucinates.
+
+An experiment driver for choosing the world's parameters and the base model's config: it builds
+the world from ``conf/base/parameters_embedded_world.yml`` plus overrides given here (the YAML is
+not edited), trains the tokenizer and model on the world's detailed descriptions (optionally its
+reasoning QA and a text-only warm-up), describes every evaluation image greedily and reports
+
+- CHAIR_s, CHAIR_i, Recall and objects named per image (``povid_kedro.metrics.chair.Chair``);
+- the co-occurrence ratio: how often the model names an absent object whose partner is present
+  in the image, over how often it names an absent object with no partner present. A base model
+  that hallucinates "for the right reason" (its language prior) has a ratio well above 1.
+
+Example::
+
+    .venv/bin/python scripts/tune_base_model.py --seed 0 \\
+        --world '{"text": {"mention_probability": 0.9}}' \\
+        --model '{"text_layers": 2}' --train '{"steps": 1500}' --out data/08_reporting/tune.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+from povid_kedro.metrics.chair import Chair  # noqa: E402
+from povid_kedro.modeling import (  # noqa: E402
+    ModelConfig,
+    TokenizerConfig,
+    TrainConfig,
+    build_model_and_processor,
+    generate,
+    rows_from_llava_instruct,
+    save_model_dir,
+    train_sft,
+    train_tokenizer,
+)
+from povid_kedro.world import WorldConfig, generate_world  # noqa: E402
+
+logger = logging.getLogger("tune_base_model")
+
+PARAMS = Path(__file__).resolve().parents[1] / "conf/base/parameters_embedded_world.yml"
+EVAL_PROMPT = "<image>\nDescribe the following image in detail."
+
+
+def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Return ``base`` with ``overrides`` merged in, recursively for nested mappings."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def cooccurrence_rates(
+    named: Sequence[set[str]],
+    present: Sequence[set[str]],
+    partners: Mapping[str, str],
+    categories: Sequence[str],
+) -> dict[str, float]:
+    """How often absent objects are named, split by whether a partner of theirs is present.
+
+    Args:
+        named: Per image, the categories the model named.
+        present: Per image, the categories really in it.
+        partners: Category → its usual partner (treated as a symmetric link).
+        categories: All categories.
+
+    Returns:
+        ``partner_rate`` (absent, a linked object present), ``control_rate`` (absent, no linked
+        object present), their ratio and the counts behind them.
+    """
+    linked: dict[str, set[str]] = {c: set() for c in categories}
+    for a, b in partners.items():
+        if b:
+            linked[a].add(b)
+            linked[b].add(a)
+    n_partner = n_partner_named = n_control = n_control_named = 0
+    for said, truth in zip(named, present, strict=True):
+        for category in categories:
+            if category in truth:
+                continue
+            if linked[category] & truth:
+                n_partner += 1
+                n_partner_named += category in said
+            else:
+                n_control += 1
+                n_control_named += category in said
+    partner_rate = n_partner_named / max(1, n_partner)
+    control_rate = n_control_named / max(1, n_control)
+    return {
+        "partner_rate": partner_rate,
+        "control_rate": control_rate,
+        "cooccurrence_ratio": partner_rate / control_rate if control_rate else float("inf"),
+        "n_partner_cases": n_partner,
+        "n_partner_named": n_partner_named,
+        "n_control_cases": n_control,
+        "n_control_named": n_control_named,
+    }
+
+
+def evaluate(world: Any, answers: Sequence[str], files: Sequence[str]) -> dict[str, Any]:
+    """CHAIR metrics and co-occurrence rates of descriptions of the evaluation images."""
+    ids = {image["file_name"]: image["id"] for image in world.instances["images"]}
+    chair = Chair(world.synonyms, world.instances, world.captions)
+    scored = chair.score(
+        {"image_id": ids[f], "caption": a} for f, a in zip(files, answers, strict=True)
+    )
+    names = {c["id"]: c["name"] for c in world.instances["categories"]}
+    truth: dict[Any, set[str]] = {ids[f]: set() for f in files}
+    for annotation in world.instances["annotations"]:
+        truth.setdefault(annotation["image_id"], set()).add(names[annotation["category_id"]])
+    per_caption = scored.pop("captions")
+    present = [truth[ids[f]] for f in files]
+    named = [set(c["objects"]) for c in per_caption]
+    summary = {k: v for k, v in scored.items() if not isinstance(v, list)}
+    summary["gt_objects_per_image"] = sum(map(len, present)) / len(present)
+    summary["recall_by"] = _recall_breakdown(world, files, named)
+    summary.update(cooccurrence_rates(named, present, world.meta["partners"], list(names.values())))
+    return summary
+
+
+def _recall_breakdown(
+    world: Any, files: Sequence[str], named: Sequence[set[str]]
+) -> dict[str, dict[str, float]]:
+    """Share of present objects named, by size, occlusion, contrast and category."""
+    scenes = {s["file_name"]: s for s in world.scenes["eval"]}
+    hits: dict[str, dict[str, list[int]]] = {}
+
+    def add(group: str, key: str, hit: bool) -> None:
+        hits.setdefault(group, {}).setdefault(key, [0, 0])
+        hits[group][key][0] += hit
+        hits[group][key][1] += 1
+
+    for f, said in zip(files, named, strict=True):
+        for obj in scenes[f]["objects"]:
+            hit = obj["category"] in said
+            add("size", obj["size"], hit)
+            add("occluded", str(obj["occluded"]), hit)
+            add("contrast", "low" if obj["contrast"] < 0.8 else "high", hit)
+            add("category", obj["category"], hit)
+    return {
+        group: {k: round(h / n, 3) for k, (h, n) in sorted(keys.items())}
+        for group, keys in hits.items()
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one experiment and print (and optionally save) its results as JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--world", default="{}", help="JSON overrides of embedded_world params")
+    parser.add_argument("--model", default="{}", help="JSON ModelConfig fields")
+    parser.add_argument("--train", default="{}", help="JSON TrainConfig fields")
+    parser.add_argument("--tokenizer", default="{}", help="JSON TokenizerConfig fields")
+    parser.add_argument("--seed", type=int, default=0, help="model init and data-order seed")
+    parser.add_argument("--reasoning", action="store_true", help="also train on reasoning QA")
+    parser.add_argument("--text-warmup", action="store_true", help="LM warm-up on descriptions")
+    parser.add_argument("--max-new-tokens", type=int, default=160)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, help="write the results JSON here")
+    parser.add_argument("--answers", type=Path, help="write every description here (JSON)")
+    parser.add_argument("--save-dir", type=Path, help="save the trained model directory here")
+    parser.add_argument("--samples", type=int, default=5, help="descriptions to print")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+
+    overrides = json.loads(args.world)
+    params = deep_merge(yaml.safe_load(PARAMS.read_text())["embedded_world"], overrides)
+    start = time.perf_counter()
+    world = generate_world(WorldConfig.from_dict(params))
+    world_seconds = time.perf_counter() - start
+
+    records = list(world.instructions["detail"])
+    if args.reasoning:
+        records += [r for k, v in world.instructions.items() if k != "detail" for r in v]
+    rows = rows_from_llava_instruct(records, world.train_images)
+    texts = [t for r in records for t in (c["value"] for c in r["conversations"])]
+    tokenizer = train_tokenizer(texts, TokenizerConfig.from_dict(json.loads(args.tokenizer)))
+    model_cfg = ModelConfig.from_dict({"seed": args.seed, **json.loads(args.model)})
+    train_cfg = TrainConfig.from_dict(
+        {"seed": args.seed, "num_threads": args.threads, **json.loads(args.train)}
+    )
+    model, processor = build_model_and_processor(model_cfg, tokenizer)
+    descriptions = [r["conversations"][1]["value"] for r in world.instructions["detail"]]
+    result = train_sft(
+        model,
+        processor,
+        rows,
+        train_cfg,
+        text_rows=descriptions if args.text_warmup else None,
+        progress=False,
+    )
+
+    files = sorted(world.eval_images)
+    start = time.perf_counter()
+    answers = generate(
+        model,
+        processor,
+        [world.eval_images[f] for f in files],
+        [EVAL_PROMPT] * len(files),
+        max_new_tokens=args.max_new_tokens,
+        batch_size=64,
+        progress=False,
+    )
+    generate_seconds = time.perf_counter() - start
+    metrics = evaluate(world, answers, files)
+    report = {
+        "seed": args.seed,
+        "world_overrides": overrides,
+        "model": vars(model_cfg),
+        "train": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(train_cfg).items()},
+        "reasoning": args.reasoning,
+        "text_warmup": args.text_warmup,
+        "n_train_rows": len(rows),
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "vocab": len(tokenizer),
+        "world_seconds": round(world_seconds, 1),
+        "train_seconds": round(result.seconds, 1),
+        "generate_seconds": round(generate_seconds, 1),
+        "final_loss": sum(result.losses[-50:]) / max(1, len(result.losses[-50:])),
+        "metrics": metrics,
+        "samples": [
+            {"file": f, "answer": a}
+            for f, a in zip(files[: args.samples], answers[: args.samples], strict=True)
+        ],
+    }
+    text = json.dumps(report, indent=2)
+    print(text)  # noqa: T201
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    if args.answers:
+        args.answers.write_text(json.dumps(dict(zip(files, answers, strict=True)), indent=0))
+    if args.save_dir:
+        save_model_dir(model, processor, args.save_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

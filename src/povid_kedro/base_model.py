@@ -1,0 +1,119 @@
+"""The base model POVID starts from: a tiny LLaVA trained from scratch on the ground truth, or
+a pretrained model directory (LLaVA-1.5-7B) used where it lies."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+from matplotlib.figure import Figure
+from PIL import Image
+
+from povid_kedro.modeling import (
+    ModelConfig,
+    SFTRow,
+    TokenizerConfig,
+    TrainConfig,
+    TrainResult,
+    build_model_and_processor,
+    train_sft,
+    train_tokenizer,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def train_scratch_model(
+    ground_truth: pd.DataFrame,
+    load_image: Callable[[str], Image.Image],
+    *,
+    tasks: Sequence[str],
+    text_warmup: bool,
+    tokenizer: Mapping[str, Any],
+    model: Mapping[str, Any],
+    train: Mapping[str, Any],
+    extra_texts: Sequence[str] = (),
+) -> tuple[Any, Any, TrainResult]:
+    """Train a tokenizer and a tiny LLaVA on ground-truth rows.
+
+    Args:
+        ground_truth: Canonical rows (``image``, ``task_type``, ``prompt``, ``answer``).
+        load_image: Relative path -> image.
+        tasks: Task types to train on (``description``, ``reasoning``).
+        text_warmup: Warm the language model up on the description answers first (its
+            language prior, like LLaVA's LLM brings from text pre-training).
+        tokenizer: :class:`TokenizerConfig` fields.
+        model: :class:`ModelConfig` fields.
+        train: :class:`TrainConfig` fields.
+        extra_texts: More text for the tokenizer (e.g. evaluation prompts), not trained on.
+
+    Returns:
+        ``(model, processor, result)``.
+    """
+    rows = ground_truth[ground_truth["task_type"].isin(list(tasks))]
+    if rows.empty:
+        raise ValueError(
+            f"no ground-truth row of task type {list(tasks)} to train the base model on; "
+            f"the table has {sorted(ground_truth['task_type'].unique())}"
+        )
+    images = {path: load_image(path).convert("RGB") for path in rows["image"].unique()}
+    texts = [*rows["prompt"], *rows["answer"], *extra_texts]
+    tok = train_tokenizer(texts, TokenizerConfig.from_dict(dict(tokenizer)))
+    net, processor = build_model_and_processor(ModelConfig.from_dict(dict(model)), tok)
+    sft_rows = [
+        SFTRow(image=images[r.image], prompt=r.prompt, answer=r.answer)
+        for r in rows.itertuples(index=False)
+    ]
+    warmup = rows.loc[rows["task_type"] == "description", "answer"].tolist()
+    result = train_sft(
+        net,
+        processor,
+        sft_rows,
+        TrainConfig.from_dict(dict(train)),
+        text_rows=warmup if text_warmup else None,
+    )
+    logger.info(
+        "base model trained on %d rows (%d images) in %.0f s, final loss %.3f",
+        len(sft_rows),
+        len(images),
+        result.seconds,
+        sum(result.losses[-50:]) / max(1, len(result.losses[-50:])),
+    )
+    return net, processor, result
+
+
+def loss_history(result: TrainResult, every: int) -> dict[str, list[dict[str, float]]]:
+    """Loss curves averaged over windows of ``every`` steps, as MLflow metric histories."""
+    every = max(1, every)
+
+    def windows(values: Sequence[float]) -> list[dict[str, float]]:
+        return [
+            {"step": i + len(values[i : i + every]), "value": sum(chunk) / len(chunk)}
+            for i in range(0, len(values), every)
+            if (chunk := values[i : i + every])
+        ]
+
+    history = {"sft_loss": windows(result.losses)}
+    if result.text_losses:
+        history["text_warmup_loss"] = windows(result.text_losses)
+    history["train_seconds"] = [{"step": 0, "value": result.seconds}]
+    return history
+
+
+def loss_figure(result: TrainResult) -> Figure:
+    """The training loss curves."""
+    fig = Figure(figsize=(6, 3.2))
+    ax = fig.subplots()
+    if result.text_losses:
+        ax.plot(result.text_losses, label="text warm-up", alpha=0.7)
+    offset = len(result.text_losses)
+    ax.plot(range(offset, offset + len(result.losses)), result.losses, label="image SFT")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.set_title(f"base model training ({result.seconds:.0f} s)")
+    ax.legend()
+    fig.tight_layout()
+    return fig

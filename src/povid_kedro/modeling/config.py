@@ -1,0 +1,184 @@
+"""Dataclass configs for the tiny LLaVA: tokenizer, model, supervised training, generation.
+
+Each config is a small ``@dataclass`` (nanoGPT style) that a Kedro ``params:`` input can be
+built into; ``from_dict`` refuses unknown keys so that a typo in a parameters file fails at
+start-up rather than silently falling back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+_C = TypeVar("_C")
+
+
+def _from_dict(cls: type[_C], values: dict[str, Any] | None) -> _C:
+    """Build a dataclass from a mapping, naming unknown keys in the error."""
+    values = dict(values or {})
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(
+            f"unknown {cls.__name__} keys {unknown}; known keys are {sorted(known)}"  # type: ignore[attr-defined]
+        )
+    return cls(**values)
+
+
+@dataclass
+class TokenizerConfig:
+    """How the tokenizer of the tiny model is trained.
+
+    Attributes:
+        vocab_size: Upper bound on the vocabulary (BPE stops earlier when it runs out of merges).
+        min_frequency: Minimum count of a pair for a BPE merge.
+        lowercase: Lower-case all text before tokenizing (decoding then returns lower case).
+    """
+
+    vocab_size: int = 2048
+    min_frequency: int = 2
+    lowercase: bool = False
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> TokenizerConfig:
+        """Build from a parameters mapping; unknown keys raise ``ValueError``."""
+        return _from_dict(cls, values)
+
+
+@dataclass
+class ModelConfig:
+    """Sizes of the tiny ``LlavaForConditionalGeneration`` (CLIP vision tower + Llama LM).
+
+    The defaults give ≈0.5 M parameters: 96×96 images in 12-px patches, i.e. 64 image tokens.
+
+    Attributes:
+        image_size: Side of the square input image in pixels (the image processor resizes to it).
+        patch_size: Side of a vision patch; ``(image_size / patch_size)²`` image tokens.
+        vision_hidden_size: Width of the vision transformer.
+        vision_layers: Depth of the vision transformer.
+        vision_heads: Attention heads of the vision transformer.
+        vision_intermediate_size: MLP width of the vision transformer.
+        vision_feature_layer: Which vision hidden state feeds the projector (LLaVA uses -2 on a
+            24-layer tower; a 2-layer tower needs its last, -1).
+        text_hidden_size: Width of the language model.
+        text_layers: Depth of the language model.
+        text_heads: Attention heads of the language model.
+        text_kv_heads: Key/value heads (grouped-query attention when below ``text_heads``).
+        text_intermediate_size: MLP width of the language model.
+        max_position_embeddings: Longest sequence (image tokens included) the LM supports.
+        rope_theta: RoPE base of the language model.
+        tie_word_embeddings: Share the LM's input embedding and output head.
+        image_mean: Per-channel mean the image processor subtracts (CLIP's by default).
+        image_std: Per-channel std the image processor divides by (CLIP's by default).
+        seed: Seed of the weight initialisation.
+    """
+
+    image_size: int = 96
+    patch_size: int = 12
+    vision_hidden_size: int = 64
+    vision_layers: int = 2
+    vision_heads: int = 4
+    vision_intermediate_size: int = 256
+    vision_feature_layer: int = -1
+    text_hidden_size: int = 128
+    text_layers: int = 2
+    text_heads: int = 4
+    text_kv_heads: int = 4
+    text_intermediate_size: int = 512
+    max_position_embeddings: int = 512
+    rope_theta: float = 10000.0
+    tie_word_embeddings: bool = True
+    image_mean: list[float] = field(default_factory=lambda: [0.48145466, 0.4578275, 0.40821073])
+    image_std: list[float] = field(default_factory=lambda: [0.26862954, 0.26130258, 0.27577711])
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
+            )
+
+    @property
+    def num_image_tokens(self) -> int:
+        """Image tokens per image: one per patch (the CLS token is dropped)."""
+        return (self.image_size // self.patch_size) ** 2
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> ModelConfig:
+        """Build from a parameters mapping; unknown keys raise ``ValueError``."""
+        return _from_dict(cls, values)
+
+
+@dataclass
+class TrainConfig:
+    """Supervised fine-tuning (SFT) of the tiny model on (image, prompt, answer) rows.
+
+    Attributes:
+        steps: Optimiser steps of the image-conditioned training.
+        batch_size: Rows per step.
+        lr: Peak learning rate (AdamW).
+        min_lr_ratio: The cosine schedule decays to ``lr * min_lr_ratio``.
+        warmup_ratio: Share of ``steps`` spent warming the learning rate up linearly.
+        weight_decay: AdamW weight decay.
+        betas: AdamW betas.
+        grad_clip: Clip the gradient norm to this (0 disables).
+        max_length: Truncate sequences (image tokens included) to this many tokens.
+        seed: Seed of the data order (and of anything random in training).
+        num_threads: ``torch.set_num_threads`` during training (0 leaves it unchanged).
+        text_warmup_steps: Text-only steps on the answers before image training, so that the
+            language model learns the world's language prior first (0 disables).
+        text_warmup_lr: Peak learning rate of the text-only warm-up.
+        log_every: Log the running loss every this many steps.
+    """
+
+    steps: int = 3000
+    batch_size: int = 32
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.05
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.98)
+    grad_clip: float = 1.0
+    max_length: int = 256
+    seed: int = 0
+    num_threads: int = 0
+    text_warmup_steps: int = 0
+    text_warmup_lr: float = 3e-3
+    log_every: int = 100
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> TrainConfig:
+        """Build from a parameters mapping; unknown keys raise ``ValueError``."""
+        values = dict(values or {})
+        if "betas" in values:
+            values["betas"] = tuple(values["betas"])
+        return _from_dict(cls, values)
+
+
+@dataclass
+class GenerateConfig:
+    """Decoding settings for :func:`povid_kedro.modeling.generate.generate`.
+
+    Attributes:
+        max_new_tokens: Longest answer in tokens.
+        do_sample: Sample (``True``) or decode greedily (``False``).
+        temperature: Sampling temperature.
+        top_p: Nucleus sampling mass.
+        batch_size: Prompts decoded together.
+        stop_strings: Strings that end an answer (the string itself is cut off).
+        seed: Seed for sampling (``None`` leaves the global RNG as it is).
+    """
+
+    max_new_tokens: int = 128
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    batch_size: int = 64
+    stop_strings: list[str] | None = None
+    seed: int | None = None
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> GenerateConfig:
+        """Build from a parameters mapping; unknown keys raise ``ValueError``."""
+        return _from_dict(cls, values)

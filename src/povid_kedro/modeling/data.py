@@ -1,0 +1,208 @@
+"""Supervised fine-tuning data: (image, prompt, answer) rows → token ids with answer-only labels.
+
+Rows are rendered with the processor's chat template (the same one generation uses), so the model
+is trained on exactly the context it later sees. Each distinct image is run through the image
+processor once and kept as a tensor; text is tokenized once. The collator then only pads.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+
+from povid_kedro.modeling.generate import Prompt, render_prompt, to_messages
+
+logger = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class SFTRow:
+    """One supervised example.
+
+    Attributes:
+        image: The image, or ``None`` for a text-only row (language-model warm-up).
+        prompt: The user's turn (``"<image>\\n..."`` or chat messages); ``None`` for text-only rows,
+            where the whole ``answer`` is the training text.
+        answer: The target text; the loss is computed on its tokens (and the end-of-sequence).
+    """
+
+    image: Image.Image | None
+    prompt: Prompt | None
+    answer: str
+
+
+@dataclass
+class SFTFeatures:
+    """Tokenized rows and the processed pixels of their distinct images.
+
+    Attributes:
+        input_ids: Token ids per row (image placeholders expanded).
+        labels: Targets per row, ``-100`` on prompt tokens.
+        image_index: Row → index into ``pixel_values``, ``-1`` for text-only rows.
+        pixel_values: ``(n_images, 3, H, W)`` processed images.
+    """
+
+    input_ids: list[list[int]]
+    labels: list[list[int]]
+    image_index: list[int]
+    pixel_values: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def rows_from_llava_instruct(
+    records: Iterable[Mapping[str, Any]],
+    images: Mapping[str, Image.Image],
+    image_token: str = "<image>",
+) -> list[SFTRow]:
+    """Turn LLaVA-Instruct records into SFT rows, one per (human, gpt) turn.
+
+    Later turns of a multi-turn conversation get the image placeholder too, so that every row is
+    trained with its image (as the ingest pipeline does).
+
+    Args:
+        records: ``{id, image, conversations: [{from: human, value}, {from: gpt, value}, ...]}``.
+        images: Image file name → image.
+        image_token: The placeholder in human turns.
+
+    Returns:
+        The rows, in record order.
+
+    Raises:
+        KeyError: If a record names an image that is not in ``images``.
+    """
+    rows: list[SFTRow] = []
+    for record in records:
+        image = images[record["image"]]
+        turns = record["conversations"]
+        for human, gpt in zip(turns[0::2], turns[1::2], strict=False):
+            prompt = human["value"]
+            if image_token not in prompt:
+                prompt = f"{image_token}\n{prompt}"
+            rows.append(SFTRow(image=image, prompt=prompt, answer=gpt["value"]))
+    return rows
+
+
+def _num_image_tokens(processor: Any, image: Image.Image) -> int:
+    """How many placeholder tokens the processor expands one ``<image>`` into for this image."""
+    out = processor(text=[processor.image_token], images=[image], add_special_tokens=False)
+    return sum(1 for t in out["input_ids"][0] if t == processor.image_token_id)
+
+
+def encode_rows(processor: Any, rows: Sequence[SFTRow], max_length: int) -> SFTFeatures:
+    """Tokenize rows once and process each distinct image once.
+
+    Args:
+        processor: A LLaVA-style processor whose chat template ends assistant turns with EOS.
+        rows: The examples.
+        max_length: Longest sequence kept; longer ones are cut at the end (of the answer).
+
+    Returns:
+        The features the collator batches.
+
+    Raises:
+        ValueError: If the prompt alone (image tokens included) is longer than ``max_length``,
+            or the chat template does not render the prompt as a prefix of the conversation.
+    """
+    tokenizer = processor.tokenizer
+    image_token = processor.image_token
+    image_ids: dict[int, int] = {}
+    distinct: list[Image.Image] = []
+    for row in rows:
+        if row.image is not None and id(row.image) not in image_ids:
+            image_ids[id(row.image)] = len(distinct)
+            distinct.append(row.image)
+    n_image_tokens = _num_image_tokens(processor, distinct[0]) if distinct else 0
+    expanded = image_token * n_image_tokens
+
+    input_ids: list[list[int]] = []
+    labels: list[list[int]] = []
+    image_index: list[int] = []
+    n_cut = 0
+    for row in rows:
+        if row.prompt is None:
+            prompt_text = tokenizer.bos_token or ""
+            full_text = prompt_text + row.answer + tokenizer.eos_token
+        else:
+            prompt_text = render_prompt(processor, row.prompt)
+            messages = to_messages(row.prompt, image_token) + [
+                {"role": "assistant", "content": [{"type": "text", "text": row.answer}]}
+            ]
+            full_text = processor.apply_chat_template(messages, tokenize=False)
+            if not full_text.startswith(prompt_text):
+                raise ValueError(
+                    "the chat template does not render the prompt as a prefix of the full "
+                    f"conversation: {prompt_text!r} vs {full_text!r}"
+                )
+        answer_text = full_text[len(prompt_text) :]
+        prompt_ids = tokenizer(
+            prompt_text.replace(image_token, expanded), add_special_tokens=False
+        )["input_ids"]
+        answer_ids = tokenizer(answer_text, add_special_tokens=False)["input_ids"]
+        if len(prompt_ids) >= max_length:
+            raise ValueError(
+                f"a prompt is {len(prompt_ids)} tokens (image tokens included), not below "
+                f"max_length={max_length}; raise max_length"
+            )
+        ids = (prompt_ids + answer_ids)[:max_length]
+        n_cut += len(prompt_ids) + len(answer_ids) > max_length
+        input_ids.append(ids)
+        labels.append(([IGNORE_INDEX] * len(prompt_ids) + answer_ids)[:max_length])
+        image_index.append(image_ids[id(row.image)] if row.image is not None else -1)
+    if n_cut:
+        logger.warning("%d of %d rows were cut to max_length=%d", n_cut, len(rows), max_length)
+
+    if distinct:
+        pixel_values = torch.cat(
+            [
+                processor.image_processor(
+                    images=[im if im.mode == "RGB" else im.convert("RGB") for im in chunk],
+                    return_tensors="pt",
+                )["pixel_values"]
+                for chunk in (distinct[i : i + 256] for i in range(0, len(distinct), 256))
+            ]
+        )
+    else:
+        pixel_values = torch.empty(0)
+    return SFTFeatures(input_ids, labels, image_index, pixel_values)
+
+
+class SFTCollator:
+    """Pads a list of row indices of :class:`SFTFeatures` into a model batch (right padding).
+
+    Args:
+        features: The encoded rows.
+        pad_token_id: Id used for padding (masked out by the attention mask and labels).
+    """
+
+    def __init__(self, features: SFTFeatures, pad_token_id: int) -> None:
+        self.features = features
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        """Build ``input_ids``, ``attention_mask``, ``labels`` and (if any) ``pixel_values``."""
+        f = self.features
+        width = max(len(f.input_ids[i]) for i in indices)
+        input_ids = torch.full((len(indices), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(indices), width), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(indices), width), dtype=torch.long)
+        for row, i in enumerate(indices):
+            n = len(f.input_ids[i])
+            input_ids[row, :n] = torch.tensor(f.input_ids[i])
+            labels[row, :n] = torch.tensor(f.labels[i])
+            attention_mask[row, :n] = 1
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        # LLaVA scatters image features into the image-token positions in order, so a batch
+        # mixing text-only rows and image rows passes the images of the image rows only.
+        with_image = [f.image_index[i] for i in indices if f.image_index[i] >= 0]
+        if with_image:
+            batch["pixel_values"] = f.pixel_values[with_image]
+        return batch

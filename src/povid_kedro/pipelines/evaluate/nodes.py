@@ -1,0 +1,145 @@
+"""Nodes of the evaluate pipeline (run once per model, under a namespace)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from povid_kedro.evaluation import (
+    POPE_SPLITS,
+    answer_pope,
+    describe_images,
+    report_figure,
+    report_markdown,
+    summary_row,
+)
+from povid_kedro.images import ImageFolder
+from povid_kedro.metrics.chair import Chair
+from povid_kedro.metrics.cooccurrence import cooccurrence_hallucination
+from povid_kedro.metrics.pope import score_pope
+
+logger = logging.getLogger(__name__)
+
+
+def describe_eval_images_node(
+    model: tuple[Any, Any],
+    eval_images: ImageFolder,
+    eval_instances: dict[str, Any],
+    params: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """Detailed descriptions of the evaluation images, for CHAIR.
+
+    Args:
+        model: ``(model, processor)``.
+        eval_images: Evaluation image folder.
+        eval_instances: COCO instances of the evaluation images.
+        params: The ``evaluate`` parameters.
+
+    Returns:
+        ``{"image_id", "image", "caption"}`` records.
+    """
+    return describe_images(
+        *model,
+        eval_images,
+        eval_instances,
+        prompt=params["description_prompt"],
+        generation=params["description_generation"],
+        limit=params.get("max_images"),
+    )
+
+
+def answer_pope_node(
+    model: tuple[Any, Any],
+    eval_images: ImageFolder,
+    pope_random: list[dict[str, Any]],
+    pope_popular: list[dict[str, Any]],
+    pope_adversarial: list[dict[str, Any]],
+    params: dict[str, Any],
+) -> dict[str, list[dict[str, Any]]]:
+    """Answers to the three POPE splits.
+
+    Returns:
+        Split name -> ``{"question_id", "text"}`` records.
+    """
+    questions = dict(zip(POPE_SPLITS, (pope_random, pope_popular, pope_adversarial), strict=True))
+    return {
+        split: answer_pope(
+            *model,
+            eval_images,
+            records,
+            template=params["pope_template"],
+            generation=params["pope_generation"],
+            limit=params.get("max_pope_questions"),
+        )
+        for split, records in questions.items()
+    }
+
+
+def score_node(
+    captions: list[dict[str, Any]],
+    pope_answers: dict[str, list[dict[str, Any]]],
+    pope_random: list[dict[str, Any]],
+    pope_popular: list[dict[str, Any]],
+    pope_adversarial: list[dict[str, Any]],
+    eval_instances: dict[str, Any],
+    eval_captions: dict[str, Any],
+    object_synonyms: str,
+    cooccurrence_partners: dict[str, str | None],
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, float]]:
+    """CHAIR, POPE and the co-occurrence ratio of one model.
+
+    Returns:
+        The CHAIR result (overall and per caption), the POPE results per split, and the
+        headline metrics (flat: MLflow metrics and the report's row).
+    """
+    chair = Chair(object_synonyms, eval_instances, eval_captions).score(captions)
+    questions = dict(zip(POPE_SPLITS, (pope_random, pope_popular, pope_adversarial), strict=True))
+    pope = {
+        split: score_pope(
+            questions[split][: len(pope_answers[split])],
+            pope_answers[split],
+            questions_source=f"pope_{split}",
+            answers_source=f"pope answers ({split})",
+        )
+        for split in POPE_SPLITS
+    }
+    cooccurrence = None
+    if cooccurrence_partners:
+        categories = [c["name"] for c in eval_instances["categories"]]
+        cooccurrence = cooccurrence_hallucination(
+            chair["captions"], cooccurrence_partners, categories
+        )
+    else:
+        logger.info("no co-occurrence partners configured: co-occurrence ratio skipped")
+    row = summary_row(chair, pope, cooccurrence)
+    logger.info(
+        "CHAIR_s %.3f ± %.3f, CHAIR_i %.3f, recall %.3f, %.2f objects/image; POPE F1 %s",
+        row["chair_s"],
+        row["chair_s_se"],
+        row["chair_i"],
+        row["recall"],
+        row["objects_per_image"],
+        {s: round(pope[s]["f1"], 3) for s in POPE_SPLITS},
+    )
+    pope_out = {
+        split: {k: v for k, v in r.items() if k != "questions"} for split, r in pope.items()
+    }
+    if cooccurrence:
+        chair = {**chair, "cooccurrence": cooccurrence}
+    return chair, pope_out, row
+
+
+def to_mlflow_metrics(row: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Headline metrics in kedro-mlflow's metrics-history format."""
+    return {name: {"value": value, "step": 0} for name, value in row.items()}
+
+
+def report_node(**rows: dict[str, float]) -> tuple[str, Figure]:
+    """The side-by-side report of every evaluated model (markdown and a figure).
+
+    Args:
+        rows: Model name -> its headline metrics.
+    """
+    return report_markdown(rows), report_figure(rows)

@@ -1,0 +1,84 @@
+"""The evaluate pipeline: one namespaced copy per model, then a side-by-side report."""
+
+from kedro.pipeline import Node, Pipeline
+
+from .nodes import (
+    answer_pope_node,
+    describe_eval_images_node,
+    report_node,
+    score_node,
+    to_mlflow_metrics,
+)
+
+# Namespace -> the catalog entry of the model it evaluates. Later stages add theirs here.
+MODELS = {"base": "base_model"}
+
+SHARED_INPUTS = {
+    "eval_images",
+    "eval_instances",
+    "eval_captions",
+    "object_synonyms",
+    "pope_random",
+    "pope_popular",
+    "pope_adversarial",
+    "cooccurrence_partners",
+}
+
+
+def _evaluate_one_model() -> Pipeline:
+    pope = ["pope_random", "pope_popular", "pope_adversarial"]
+    return Pipeline(
+        [
+            Node(
+                func=describe_eval_images_node,
+                inputs=["model", "eval_images", "eval_instances", "params:evaluate"],
+                outputs="captions",
+                name="describe_eval_images_node",
+            ),
+            Node(
+                func=answer_pope_node,
+                inputs=["model", "eval_images", *pope, "params:evaluate"],
+                outputs="pope_answers",
+                name="answer_pope_node",
+            ),
+            Node(
+                func=score_node,
+                inputs=[
+                    "captions",
+                    "pope_answers",
+                    *pope,
+                    "eval_instances",
+                    "eval_captions",
+                    "object_synonyms",
+                    "cooccurrence_partners",
+                ],
+                outputs=["chair", "pope", "summary"],
+                name="score_node",
+            ),
+            Node(
+                func=to_mlflow_metrics,
+                inputs="summary",
+                outputs="metrics",
+                name="track_metrics_node",
+            ),
+        ]
+    )
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    per_model = [
+        Pipeline(
+            _evaluate_one_model(),
+            namespace=namespace,
+            inputs={"model": model, **{name: name for name in SHARED_INPUTS}},
+            parameters={"params:evaluate": "params:evaluate"},
+        )
+        for namespace, model in MODELS.items()
+    ]
+    report = Node(
+        func=report_node,
+        inputs={namespace: f"{namespace}.summary" for namespace in MODELS},
+        outputs=["evaluation_report", "evaluation_figure"],
+        name="report_node",
+    )
+    return Pipeline([*per_model, report])
