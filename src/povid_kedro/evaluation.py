@@ -7,6 +7,7 @@ model and LLaVA-1.5-7B.
 from __future__ import annotations
 
 import logging
+import posixpath
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -101,6 +102,35 @@ def answer_pope(
     ]
 
 
+def answer_mmhal(
+    model: Any,
+    processor: Any,
+    bench: Mapping[str, Any],
+    *,
+    template: str,
+    generation: Mapping[str, Any],
+) -> list[dict[str, Any]]:
+    """Answer MMHal-Bench questions; returns its records with ``model_answer`` filled in.
+
+    Args:
+        bench: ``{"records": [...], "images": ImageFolder}`` (``MMHalBenchDataset``).
+        template: How a question is asked, with ``{question}`` (and ``<image>``).
+        generation: Keyword arguments of :func:`povid_kedro.modeling.generate.generate`.
+    """
+    records = bench["records"]
+    pil = [
+        _open_rgb(
+            bench["images"],
+            posixpath.basename(str(r["image_src"])),
+            f"MMHal-Bench record {i} ({r.get('image_id')})",
+        )
+        for i, r in enumerate(records)
+    ]
+    prompts = [template.format(question=r["question"]) for r in records]
+    texts = generate(model, processor, pil, prompts, **generation)
+    return [{**r, "model_answer": t} for r, t in zip(records, texts, strict=True)]
+
+
 def summary_row(
     chair: Mapping[str, Any],
     pope: Mapping[str, Mapping[str, Any]],
@@ -125,7 +155,7 @@ def summary_row(
         row["cooc_partner_rate"] = float(cooccurrence["partner_rate"])
         row["cooc_control_rate"] = float(cooccurrence["control_rate"])
         row["cooc_ratio"] = float(cooccurrence["ratio"])
-    if mmhal:
+    if mmhal and "average_score" in mmhal:
         row["mmhal_score"] = float(mmhal["average_score"])
         row["mmhal_hallucination_rate"] = float(mmhal["hallucination_rate"])
     return row

@@ -9,15 +9,19 @@ from matplotlib.figure import Figure
 
 from povid_kedro.evaluation import (
     POPE_SPLITS,
+    answer_mmhal,
     answer_pope,
     describe_images,
     report_figure,
     report_markdown,
     summary_row,
 )
+from povid_kedro.hallucination import ClientConfig
 from povid_kedro.images import ImageFolder
 from povid_kedro.metrics.chair import Chair
 from povid_kedro.metrics.cooccurrence import cooccurrence_hallucination
+from povid_kedro.metrics.judge import judge_mmhal
+from povid_kedro.metrics.mmhal import score_mmhal
 from povid_kedro.metrics.pope import score_pope
 
 logger = logging.getLogger(__name__)
@@ -77,6 +81,46 @@ def answer_pope_node(
     }
 
 
+def mmhal_node(
+    model: tuple[Any, Any],
+    mmhal_bench: dict[str, Any] | None,
+    judge_client: ClientConfig,
+    params: dict[str, Any],
+) -> dict[str, Any]:
+    """MMHal-Bench: answer its questions, have the judge rate them, score.
+
+    Skipped, with a log line and the reason in the result, when the benchmark files or a judge
+    model are not configured: a GPT-judged score is never made up.
+
+    Returns:
+        The MMHal-Bench result, or ``{"skipped": reason}``.
+    """
+    settings = params["mmhal"]
+    if mmhal_bench is None:
+        reason = "benchmark files not found (catalog entry mmhal_bench)"
+    elif not settings.get("judge_model"):
+        reason = "no judge model configured (evaluate.mmhal.judge_model)"
+    else:
+        reason = None
+    if reason:
+        logger.info("MMHal-Bench skipped: %s", reason)
+        return {"skipped": reason}
+    records = answer_mmhal(
+        *model,
+        mmhal_bench,
+        template=settings["prompt_template"],
+        generation=settings["generation"],
+    )
+    replies = judge_mmhal(
+        records,
+        judge_client,
+        model=settings["judge_model"],
+        temperature=settings["temperature"],
+        max_tokens=settings["max_tokens"],
+    )
+    return score_mmhal(records, replies, records_source="mmhal_bench")
+
+
 def score_node(
     captions: list[dict[str, Any]],
     pope_answers: dict[str, list[dict[str, Any]]],
@@ -87,8 +131,9 @@ def score_node(
     eval_captions: dict[str, Any],
     object_synonyms: str,
     cooccurrence_partners: dict[str, str | None],
+    mmhal: dict[str, Any],
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, float]]:
-    """CHAIR, POPE and the co-occurrence ratio of one model.
+    """CHAIR, POPE and the co-occurrence ratio of one model (and its MMHal-Bench result).
 
     Returns:
         The CHAIR result (overall and per caption), the POPE results per split, and the
@@ -113,7 +158,7 @@ def score_node(
         )
     else:
         logger.info("no co-occurrence partners configured: co-occurrence ratio skipped")
-    row = summary_row(chair, pope, cooccurrence)
+    row = summary_row(chair, pope, cooccurrence, mmhal)
     logger.info(
         "CHAIR_s %.3f ± %.3f, CHAIR_i %.3f, recall %.3f, %.2f objects/image; POPE F1 %s",
         row["chair_s"],

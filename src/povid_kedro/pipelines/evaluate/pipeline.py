@@ -5,6 +5,7 @@ from kedro.pipeline import Node, Pipeline
 from .nodes import (
     answer_pope_node,
     describe_eval_images_node,
+    mmhal_node,
     report_node,
     score_node,
     to_mlflow_metrics,
@@ -22,6 +23,8 @@ SHARED_INPUTS = {
     "pope_popular",
     "pope_adversarial",
     "cooccurrence_partners",
+    "mmhal_bench",
+    "judge_client",
 }
 
 
@@ -42,6 +45,12 @@ def _evaluate_one_model() -> Pipeline:
                 name="answer_pope_node",
             ),
             Node(
+                func=mmhal_node,
+                inputs=["model", "mmhal_bench", "judge_client", "params:evaluate"],
+                outputs="mmhal",
+                name="mmhal_node",
+            ),
+            Node(
                 func=score_node,
                 inputs=[
                     "captions",
@@ -51,6 +60,7 @@ def _evaluate_one_model() -> Pipeline:
                     "eval_captions",
                     "object_synonyms",
                     "cooccurrence_partners",
+                    "mmhal",
                 ],
                 outputs=["chair", "pope", "summary"],
                 name="score_node",
