@@ -89,19 +89,34 @@ TINY_MODEL = {
         "max_pope_questions": 16,
         "description_generation": {"max_new_tokens": 16},
     },
+    "noise_trigger": {"generate": {"max_new_tokens": 8}},
 }
 
 
-def test_base_model_and_evaluate_in_a_kedro_session(project: Path):
+def test_base_model_noise_and_evaluate_in_a_kedro_session(project: Path):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    for pipeline in ("embedded_world", "ingest_ground_truth", "base_model", "evaluate"):
+    pipelines = (
+        "embedded_world",
+        "ingest_ground_truth",
+        "inject_hallucinations",
+        "base_model",
+        "noise_trigger",
+        "evaluate",
+    )
+    for pipeline in pipelines:
         run_pipeline(project, pipeline, TINY_MODEL)
 
     # The base model directory loads like any Hugging Face LLaVA.
     model_dir = project / "data" / "06_models" / "base_model"
     AutoModelForImageTextToText.from_pretrained(model_dir)
     assert AutoProcessor.from_pretrained(model_dir).image_token == "<image>"
+
+    # noise_trigger: one reproducible noisy image per pair, and the noise-steps figure
+    pairs = pd.read_parquet(project / "data" / "04_feature" / "preference_pairs.parquet")
+    noisy = sorted((project / "data" / "04_feature" / "noisy_images").glob("*.png"))
+    assert len(noisy) == len(pairs)
+    assert (project / "data" / "08_reporting" / "noise_steps.png").stat().st_size > 0
 
     report = (project / "data" / "08_reporting" / "evaluation_report.md").read_text()
     assert "| base |" in report and "objects / image" in report
