@@ -2,7 +2,10 @@
 
 from kedro.config import OmegaConfigLoader
 
-# kedro-mlflow registers its hooks through its entry point; nothing to add here.
+from povid_kedro.hooks import UpstreamCheckHooks
+
+# kedro-mlflow registers its own hooks through its entry point.
+HOOKS = (UpstreamCheckHooks(),)
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
