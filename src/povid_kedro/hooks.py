@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import importlib
-import logging
 import pkgutil
 from typing import Any
 
 from kedro.framework.hooks import hook_impl
 from kedro.io import DataCatalog
 from kedro.pipeline import Pipeline
-
-logger = logging.getLogger(__name__)
 
 
 def _every_pipeline() -> dict[str, Pipeline]:
