@@ -15,8 +15,8 @@ import pytest
 import yaml
 from matplotlib.figure import Figure
 
+from povid_kedro.metrics.chair import synonym_map as parse_synonyms
 from povid_kedro.world import World, WorldConfig, generate_world, make_sample_figure
-from povid_kedro.world.formats import parse_synonyms
 
 ROOT = Path(__file__).resolve().parents[2]
 PARAMS = ROOT / "conf" / "base" / "parameters_embedded_world.yml"

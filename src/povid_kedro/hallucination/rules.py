@@ -51,6 +51,7 @@ from povid_kedro.hallucination.config import (
     RulesConfig,
 )
 from povid_kedro.hallucination.validate import Validator
+from povid_kedro.metrics.chair import parse_synonyms as chair_parse_synonyms
 
 logger = logging.getLogger(__name__)
 
@@ -144,8 +145,9 @@ def parse_synonyms(
     if isinstance(source, Mapping):
         items = [[str(k), *map(str, v)] for k, v in source.items()]
     else:
-        lines = source.splitlines() if isinstance(source, str) else list(source)
-        items = [line.split(",") for line in lines if line.strip() and not line.startswith("#")]
+        # One reader of the COCO synonym format for the whole project: the CHAIR metric's.
+        text = source if isinstance(source, str) else "\n".join(source)
+        items = chair_parse_synonyms(text)
     out: dict[str, list[str]] = {}
     for entries in items:
         words = [" ".join(e.split()).lower() for e in entries]

@@ -340,6 +340,15 @@ def parse_synonyms(text: str) -> list[list[str]]:
     return lines
 
 
+def synonym_map(text: str) -> dict[str, list[str]]:
+    """A synonym list as ``{category: [its words]}`` (category first, duplicates removed).
+
+    Args:
+        text: The list's text, COCO format.
+    """
+    return {entries[0]: list(dict.fromkeys(entries)) for entries in parse_synonyms(text)}
+
+
 @dataclass(frozen=True)
 class Mention:
     """One object mention found in a caption.

@@ -124,26 +124,6 @@ def synonyms_text(cfg: WorldConfig) -> str:
     return "".join(", ".join((c.name, *c.synonyms)) + "\n" for c in cfg.categories)
 
 
-def parse_synonyms(text: str) -> dict[str, list[str]]:
-    """Parse a CHAIR synonym list (this world's or the COCO one).
-
-    Entries are stripped: the reference file has two entries with a stray leading space that
-    its own implementation never matches; here they match.
-
-    Args:
-        text: The file's text.
-
-    Returns:
-        Canonical name -> all words for it (canonical first, duplicates removed, order kept).
-    """
-    out: dict[str, list[str]] = {}
-    for line in text.splitlines():
-        words = [w.strip() for w in line.split(",") if w.strip()]
-        if words:
-            out[words[0]] = list(dict.fromkeys(words))
-    return out
-
-
 def llava_record(record_id: str, file_name: str, conversations: list[dict[str, str]]) -> dict:
     """Build one LLaVA-Instruct record.
 
