@@ -1,0 +1,435 @@
+"""Preference pairs → checked token ids, processed images, and batches for few forwards.
+
+Each pair is rendered with the processor's chat template exactly as generation renders a prompt
+(:func:`povid_kedro.modeling.generate.render_prompt`), then checked before any training: the
+template renders the prompt as a prefix of prompt+answer, the image tokens survive ``max_length``,
+the answers are non-empty and differ. A failing pair is reported as ``(id, reason)`` and never
+trained on; if no pair is left the encoder raises and says why.
+
+:class:`PairCollator` lays a micro-batch out so that a step needs as few forwards as possible:
+rows ``[chosen; rejected]`` (stage 1) or ``[chosen; rejected; noisy_rejected]`` (stage 2,
+``generated``) share one clean-image forward, and the noisy image of each sample comes along for the
+one extra teacher-forcing forward of stage 2 (``teacher_forced``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import torch
+from PIL import Image
+
+from povid_kedro.modeling.generate import render_prompt, to_messages
+from povid_kedro.noise import NoiseConfig, noisy_image
+from povid_kedro.training.losses import IGNORE_INDEX
+
+logger = logging.getLogger(__name__)
+
+REQUIRED_COLUMNS = ("id", "image", "prompt", "chosen", "rejected")
+NOISY_REJECTED = "noisy_rejected"
+
+ImageLoader = Callable[[str], Image.Image]
+"""``load_image(relative_path) -> PIL.Image``."""
+
+
+@dataclass
+class EncodedPairs:
+    """Checked, tokenized preference pairs (answers cut so that prompt + answer fit ``max_length``).
+
+    Attributes:
+        ids: Pair ids.
+        images: Image path of each pair (as given to ``load_image``).
+        prompt_ids: Prompt token ids, image placeholder expanded into image tokens.
+        chosen_ids: Answer token ids of ``y+`` (end-of-turn token included).
+        rejected_ids: Answer token ids of ``y_h-``.
+        noisy_rejected_ids: Answer token ids of a generated ``y_n-``, when asked for.
+        invalid: ``(id, reason)`` of every pair that was dropped.
+        n_truncated: Valid pairs with at least one answer cut at ``max_length``.
+    """
+
+    ids: list[str] = field(default_factory=list)
+    images: list[str] = field(default_factory=list)
+    prompt_ids: list[list[int]] = field(default_factory=list)
+    chosen_ids: list[list[int]] = field(default_factory=list)
+    rejected_ids: list[list[int]] = field(default_factory=list)
+    noisy_rejected_ids: list[list[int]] | None = None
+    invalid: list[tuple[str, str]] = field(default_factory=list)
+    n_truncated: int = 0
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, keep: Sequence[int]) -> EncodedPairs:
+        """The pairs at positions ``keep`` (``invalid`` and ``n_truncated`` carried over)."""
+        return EncodedPairs(
+            ids=[self.ids[i] for i in keep],
+            images=[self.images[i] for i in keep],
+            prompt_ids=[self.prompt_ids[i] for i in keep],
+            chosen_ids=[self.chosen_ids[i] for i in keep],
+            rejected_ids=[self.rejected_ids[i] for i in keep],
+            noisy_rejected_ids=(
+                None
+                if self.noisy_rejected_ids is None
+                else [self.noisy_rejected_ids[i] for i in keep]
+            ),
+            invalid=list(self.invalid),
+            n_truncated=self.n_truncated,
+        )
+
+
+def _text(value: Any) -> str | None:
+    """An answer as text: a string or the text of trl-style messages; ``None`` if absent."""
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Sequence | Mapping) or hasattr(value, "tolist"):
+        messages = value.tolist() if hasattr(value, "tolist") else value
+        messages = [messages] if isinstance(messages, Mapping) else list(messages)
+        parts: list[str] = []
+        for message in messages:
+            content = message.get("content") if isinstance(message, Mapping) else None
+            if isinstance(content, str):
+                parts.append(content)
+            elif content is not None:
+                parts.extend(
+                    p.get("text", "") for p in content if isinstance(p, Mapping) and p.get("text")
+                )
+        return "".join(parts)
+    return str(value)
+
+
+def count_image_tokens(processor: Any) -> int:
+    """How many image tokens the processor expands one image placeholder into."""
+    crop = getattr(processor.image_processor, "crop_size", None) or {}
+    size = (int(crop.get("width", 224)), int(crop.get("height", 224)))
+    probe = Image.new("RGB", size, (127, 127, 127))
+    out = processor(text=[processor.image_token], images=[probe], add_special_tokens=False)
+    return sum(1 for t in out["input_ids"][0] if t == processor.image_token_id)
+
+
+def encode_pairs(
+    processor: Any,
+    pairs: pd.DataFrame,
+    max_length: int,
+    *,
+    with_noisy_rejected: bool = False,
+) -> EncodedPairs:
+    """Check and tokenize preference pairs; report each bad pair by id instead of training on it.
+
+    Checks, per pair: id unique; prompt, chosen and rejected present and non-empty (and
+    ``noisy_rejected`` when asked for); chosen differs from each rejection (also after cutting to
+    ``max_length``); the chat template renders the prompt as a prefix of prompt+answer; the prompt
+    holds exactly one image's tokens and leaves room for at least one answer token.
+
+    Args:
+        processor: A LLaVA-style processor with a chat template and an image token.
+        pairs: Columns ``id, image, prompt, chosen, rejected`` (and ``noisy_rejected`` with
+            ``with_noisy_rejected``); extra columns are ignored.
+        max_length: Longest sequence, image tokens included.
+        with_noisy_rejected: Also encode the generated image-side rejection ``noisy_rejected``.
+
+    Returns:
+        The valid pairs, encoded, and ``invalid`` = ``[(id, reason), ...]`` for the others.
+
+    Raises:
+        ValueError: If columns are missing.
+    """
+    needed = list(REQUIRED_COLUMNS) + ([NOISY_REJECTED] if with_noisy_rejected else [])
+    missing = [c for c in needed if c not in pairs.columns]
+    if missing:
+        raise ValueError(
+            f"preference pairs lack columns {missing}"
+            + (
+                f"; '{NOISY_REJECTED}' holds the answers generated under the noisy image "
+                "(noise_trigger in 'generated' mode)"
+                if NOISY_REJECTED in missing
+                else ""
+            )
+        )
+    tokenizer = processor.tokenizer
+    image_token = processor.image_token
+    n_image_tokens = count_image_tokens(processor)
+    expanded = image_token * n_image_tokens
+    bos = tokenizer.bos_token
+    out = EncodedPairs(noisy_rejected_ids=[] if with_noisy_rejected else None)
+    seen: set[str] = set()
+    answer_columns = ["chosen", "rejected"] + ([NOISY_REJECTED] if with_noisy_rejected else [])
+
+    for record in pairs.to_dict("records"):
+        pair_id = str(record["id"])
+        if pair_id in seen:
+            out.invalid.append((pair_id, "duplicate id (noise seed and cache entry would collide)"))
+            continue
+        seen.add(pair_id)
+        image = record.get("image")
+        image = os.fspath(image) if isinstance(image, os.PathLike) else image
+        if not isinstance(image, str) or not image:
+            out.invalid.append((pair_id, "no image path"))
+            continue
+        prompt = record["prompt"]
+        if isinstance(prompt, str) and prompt.count(image_token) > 1:
+            out.invalid.append((pair_id, f"prompt has {prompt.count(image_token)} {image_token}"))
+            continue
+        if _text(prompt) is None or (
+            isinstance(prompt, str) and not prompt.replace(image_token, "").strip()
+        ):
+            out.invalid.append((pair_id, "empty prompt"))
+            continue
+        if not isinstance(prompt, str):  # trl conversational messages
+            prompt = prompt.tolist() if hasattr(prompt, "tolist") else list(prompt)
+        answers = {c: _text(record.get(c)) for c in answer_columns}
+        empty = [c for c, text in answers.items() if not text or not text.strip()]
+        if empty:
+            out.invalid.append((pair_id, f"empty {', '.join(empty)}"))
+            continue
+        same = [c for c in answer_columns[1:] if answers[c].strip() == answers["chosen"].strip()]
+        if same:
+            out.invalid.append((pair_id, f"chosen and {same[0]} are identical"))
+            continue
+
+        messages = to_messages(prompt, image_token)
+        prompt_text = render_prompt(processor, prompt)
+        answer_texts: dict[str, str] = {}
+        for column, answer in answers.items():
+            full_text = processor.apply_chat_template(
+                [*messages, {"role": "assistant", "content": [{"type": "text", "text": answer}]}],
+                tokenize=False,
+            )
+            if not full_text.startswith(prompt_text):
+                break
+            answer_texts[column] = full_text[len(prompt_text) :]
+        if len(answer_texts) != len(answers):
+            out.invalid.append(
+                (pair_id, "chat template does not render the prompt as a prefix of prompt+answer")
+            )
+            continue
+
+        # Templates that write the BOS themselves (ours) must not get a second one; llava-hf's
+        # leaves it to the tokenizer. Same rule as generation.
+        add_special = not (bos and prompt_text.startswith(bos))
+        prompt_ids = tokenizer(
+            prompt_text.replace(image_token, expanded), add_special_tokens=add_special
+        )["input_ids"]
+        n_found = sum(1 for t in prompt_ids if t == processor.image_token_id)
+        if n_found != n_image_tokens:
+            out.invalid.append(
+                (pair_id, f"prompt has {n_found} image tokens, expected {n_image_tokens}")
+            )
+            continue
+        room = max_length - len(prompt_ids)
+        if room < 1:
+            out.invalid.append(
+                (
+                    pair_id,
+                    f"prompt is {len(prompt_ids)} tokens (image tokens included); "
+                    f"max_length={max_length} leaves no room for the answer",
+                )
+            )
+            continue
+        encoded = {
+            c: tokenizer(text, add_special_tokens=False)["input_ids"]
+            for c, text in answer_texts.items()
+        }
+        cut = {c: ids[:room] for c, ids in encoded.items()}
+        same = [c for c in answer_columns[1:] if cut[c] == cut["chosen"]]
+        if same:
+            out.invalid.append(
+                (pair_id, f"chosen and {same[0]} are identical after cutting to max_length")
+            )
+            continue
+        out.n_truncated += any(len(ids) > room for ids in encoded.values())
+        out.ids.append(pair_id)
+        out.images.append(image)
+        out.prompt_ids.append(prompt_ids)
+        out.chosen_ids.append(cut["chosen"])
+        out.rejected_ids.append(cut["rejected"])
+        if out.noisy_rejected_ids is not None:
+            out.noisy_rejected_ids.append(cut[NOISY_REJECTED])
+
+    if out.n_truncated:
+        logger.warning(
+            "%d of %d pairs had an answer cut at max_length=%d",
+            out.n_truncated,
+            len(out),
+            max_length,
+        )
+    for pair_id, reason in out.invalid[:20]:
+        logger.warning("skipping pair %s: %s", pair_id, reason)
+    if len(out.invalid) > 20:
+        logger.warning("... and %d more invalid pairs", len(out.invalid) - 20)
+    return out
+
+
+def require_pairs(encoded: EncodedPairs, n_given: int, what: str = "training") -> None:
+    """Raise ``ValueError`` naming why when no valid pair is left.
+
+    Args:
+        encoded: The encoded pairs.
+        n_given: Pairs before checking.
+        what: Which split, for the message.
+    """
+    if n_given == 0:
+        raise ValueError(f"no {what} preference pairs were given (is the 'split' column right?)")
+    if len(encoded) == 0:
+        reasons = sorted({reason for _, reason in encoded.invalid})
+        raise ValueError(
+            f"all {n_given} {what} preference pairs are invalid; reasons: {reasons[:5]}"
+            + (f" (+{len(reasons) - 5} more)" if len(reasons) > 5 else "")
+        )
+
+
+class ImageBank:
+    """Processed pixel values of the pairs' clean and noisy images, optionally kept in memory.
+
+    Clean images are processed once per path, noisy ones once per pair id (each pair's noise is
+    seeded by its id, see :func:`povid_kedro.noise.noisy_image`, so it is the same every epoch
+    and every run).
+
+    Args:
+        processor: The processor (its ``image_processor`` is used).
+        load_image: Loads an image by its path.
+        noise: Noise settings (needed for noisy images only).
+        cache: Keep processed tensors in memory after first use.
+    """
+
+    def __init__(
+        self,
+        processor: Any,
+        load_image: ImageLoader,
+        noise: NoiseConfig | None = None,
+        cache: bool = True,
+    ) -> None:
+        self.image_processor = processor.image_processor
+        self.load_image = load_image
+        self.noise = noise
+        self.cache = cache
+        self._clean: dict[str, torch.Tensor] = {}
+        self._noisy: dict[str, torch.Tensor] = {}
+
+    def _open(self, path: str) -> Image.Image:
+        image = self.load_image(path)
+        return image if image.mode == "RGB" else image.convert("RGB")
+
+    def _process(self, images: list[Image.Image]) -> torch.Tensor:
+        return self.image_processor(images=images, return_tensors="pt")["pixel_values"]
+
+    def check(self, encoded: EncodedPairs) -> list[tuple[str, str]]:
+        """Open every image once (processing and caching it when caching); report failures by id.
+
+        Args:
+            encoded: The pairs.
+
+        Returns:
+            ``(id, reason)`` of pairs whose image cannot be loaded.
+        """
+        failed: dict[str, str] = {}
+        for path in dict.fromkeys(encoded.images):
+            try:
+                image = self._open(path)
+                if self.cache and path not in self._clean:
+                    self._clean[path] = self._process([image])[0]
+            except (
+                Exception
+            ) as err:  # a broken image must name the pair, whatever the loader raises
+                failed[path] = f"image {path!r} cannot be loaded: {type(err).__name__}: {err}"
+        return [(i, failed[p]) for i, p in zip(encoded.ids, encoded.images) if p in failed]
+
+    def clean(self, paths: Sequence[str]) -> torch.Tensor:
+        """``(n, 3, H, W)`` processed clean images."""
+        todo = [p for p in dict.fromkeys(paths) if p not in self._clean]
+        fresh = (
+            dict(zip(todo, self._process([self._open(p) for p in todo]), strict=True))
+            if todo
+            else {}
+        )
+        if self.cache:
+            self._clean.update(fresh)
+        return torch.stack([self._clean[p] if p in self._clean else fresh[p] for p in paths])
+
+    def noisy(self, ids: Sequence[str], paths: Sequence[str]) -> torch.Tensor:
+        """``(n, 3, H, W)`` processed noisy images, noise seeded per pair id."""
+        if self.noise is None:
+            raise ValueError("noisy images need a NoiseConfig")
+        todo = [(i, p) for i, p in zip(ids, paths, strict=True) if i not in self._noisy]
+        fresh: dict[str, torch.Tensor] = {}
+        if todo:
+            noisy = [noisy_image(self._open(p), i, self.noise) for i, p in todo]
+            fresh = dict(zip([i for i, _ in todo], self._process(noisy), strict=True))
+        if self.cache:
+            self._noisy.update(fresh)
+        return torch.stack([self._noisy[i] if i in self._noisy else fresh[i] for i in ids])
+
+
+class PairCollator:
+    """Batches pair indices into the inputs of one POVID step.
+
+    Rows of ``input_ids`` are laid out in blocks of ``B`` (the pairs of the micro-batch):
+    ``[chosen; rejected]`` (``branches="stage1"`` and ``"teacher_forced"``) or
+    ``[chosen; rejected; noisy_rejected]`` (``"generated"``), right-padded to one width, so every
+    block goes through the model in one forward. ``pixel_values`` holds each pair's clean image once
+    (``(B, 3, H, W)``; the trainer repeats it per block as a view); ``noisy_pixel_values`` holds the
+    noisy image for the ``teacher_forced`` forward of the chosen rows. When a reference cache is
+    set, its values for the micro-batch come along as ``ref_<name>`` ``(B,)`` tensors.
+
+    Args:
+        pairs: The encoded pairs.
+        bank: Their images.
+        pad_token_id: Padding id (masked by the attention mask and the labels).
+        branches: ``"stage1"``, ``"teacher_forced"`` or ``"generated"``.
+    """
+
+    def __init__(
+        self, pairs: EncodedPairs, bank: ImageBank, pad_token_id: int, branches: str = "stage1"
+    ) -> None:
+        if branches not in ("stage1", "teacher_forced", "generated"):
+            raise ValueError(f"unknown branches {branches!r}")
+        if branches == "generated" and pairs.noisy_rejected_ids is None:
+            raise ValueError("branches='generated' needs pairs encoded with noisy_rejected")
+        self.pairs = pairs
+        self.bank = bank
+        self.pad_token_id = pad_token_id
+        self.branches = branches
+        self.reference: dict[str, torch.Tensor] | None = None
+
+    @property
+    def n_blocks(self) -> int:
+        """Row blocks per micro-batch (2 or 3)."""
+        return 3 if self.branches == "generated" else 2
+
+    def __call__(self, examples: Sequence[Mapping[str, Any] | int]) -> dict[str, torch.Tensor]:
+        """Build the batch for ``examples`` (the trainer's ``{"pair": i}`` rows, or ints)."""
+        index = [int(e["pair"]) if isinstance(e, Mapping) else int(e) for e in examples]
+        p = self.pairs
+        answers = [p.chosen_ids, p.rejected_ids]
+        if self.branches == "generated":
+            answers.append(p.noisy_rejected_ids)  # type: ignore[arg-type]
+        rows = [(p.prompt_ids[i], block[i]) for block in answers for i in index]
+        width = max(len(prompt) + len(answer) for prompt, answer in rows)
+        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, (prompt, answer) in enumerate(rows):
+            n_prompt, n = len(prompt), len(prompt) + len(answer)
+            input_ids[r, :n] = torch.tensor(prompt + answer)
+            labels[r, n_prompt:n] = torch.tensor(answer)
+            attention_mask[r, :n] = 1
+        paths = [p.images[i] for i in index]
+        batch = {
+            "input_ids": input_ids,  # (n_blocks·B, T)
+            "attention_mask": attention_mask,  # (n_blocks·B, T)
+            "labels": labels,  # (n_blocks·B, T), -100 off-answer
+            "pixel_values": self.bank.clean(paths),  # (B, 3, H, W)
+            "pair_index": torch.tensor(index, dtype=torch.long),  # (B,)
+        }
+        if self.branches == "teacher_forced":
+            batch["noisy_pixel_values"] = self.bank.noisy([p.ids[i] for i in index], paths)
+        if self.reference is not None:
+            for name, values in self.reference.items():
+                batch[f"ref_{name}"] = values[index]  # (B,)
+        return batch
