@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
+import mlflow
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
@@ -90,10 +92,14 @@ TINY_MODEL = {
         "description_generation": {"max_new_tokens": 16},
     },
     "noise_trigger": {"generate": {"max_new_tokens": 8}},
+    "dpo_training": {
+        "stage1": {"max_steps": 3, "batch_size": 4, "logging_steps": 1},
+        "stage2": {"max_steps": 2, "batch_size": 4, "logging_steps": 1},
+    },
 }
 
 
-def test_base_model_noise_and_evaluate_in_a_kedro_session(project: Path):
+def test_every_pipeline_in_a_kedro_session(project: Path):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     pipelines = (
@@ -102,6 +108,7 @@ def test_base_model_noise_and_evaluate_in_a_kedro_session(project: Path):
         "inject_hallucinations",
         "base_model",
         "noise_trigger",
+        "dpo_training",
         "evaluate",
     )
     for pipeline in pipelines:
@@ -119,7 +126,10 @@ def test_base_model_noise_and_evaluate_in_a_kedro_session(project: Path):
     assert (project / "data" / "08_reporting" / "noise_steps.png").stat().st_size > 0
 
     report = (project / "data" / "08_reporting" / "evaluation_report.md").read_text()
-    assert "| base |" in report and "objects / image" in report
+    for model in ("base", "stage1", "stage2"):
+        assert f"| {model} |" in report
+    assert "objects / image" in report
+    assert "Champion gate: stage-2 model (registry version 1) promoted" in report
     assert (project / "data" / "08_reporting" / "evaluation.png").stat().st_size > 0
     captions = (project / "data" / "07_model_output" / "base" / "captions.jsonl").read_text()
     assert len(captions.splitlines()) == 12
@@ -133,3 +143,22 @@ def test_base_model_noise_and_evaluate_in_a_kedro_session(project: Path):
     evaluated = by_name["evaluate"].data.metrics
     for key in ("base.chair_s", "base.recall", "base.objects_per_image", "base.pope_random_f1"):
         assert 0.0 <= evaluated[key] <= 50.0, key
+    assert "stage2.chair_s" in evaluated
+    trained = by_name["dpo_training"].data.metrics
+    assert {"stage1.loss", "stage2.hallucination/margins", "stage2.noise/margins"} <= set(trained)
+
+    # The stage-2 model is in the registry: first as candidate, then champion (no champion yet).
+    registered = client.get_model_version_by_alias("povid-tiny", "champion")
+    assert int(registered.version) == 1
+    assert float(registered.tags["chair_s"]) == evaluated["stage2.chair_s"]
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    served = mlflow.pyfunc.load_model("models:/povid-tiny@champion")
+    image = next((project / "data" / "01_raw" / "world" / "val2014").glob("*.png"))
+    answers = served.predict(pd.DataFrame({"image": [str(image)]}), params={"max_new_tokens": 4})
+    assert len(answers) == 1 and isinstance(answers[0], str)
+
+    # Evaluating again: the candidate is already the champion, the alias stays.
+    run_pipeline(project, "evaluate", TINY_MODEL)
+    decision = json.loads((project / "data" / "08_reporting" / "gate_decision.json").read_text())
+    assert decision == decision | {"promoted": False, "champion_version": 1}
+    assert "already the champion" in decision["reason"]

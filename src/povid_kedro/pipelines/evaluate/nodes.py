@@ -16,6 +16,7 @@ from povid_kedro.evaluation import (
     report_markdown,
     summary_row,
 )
+from povid_kedro.gate import champion_decision, metrics_from_tags
 from povid_kedro.hallucination import ClientConfig
 from povid_kedro.images import ImageFolder
 from povid_kedro.metrics.chair import Chair
@@ -181,10 +182,71 @@ def to_mlflow_metrics(row: dict[str, float]) -> dict[str, dict[str, float]]:
     return {name: {"value": value, "step": 0} for name, value in row.items()}
 
 
-def report_node(**rows: dict[str, float]) -> tuple[str, Figure]:
+def champion_gate_node(
+    stage2_summary: dict[str, float],
+    candidate: dict[str, Any] | None,
+    champion: dict[str, Any] | None,
+    params: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Move ``champion`` to the stage-2 candidate only if it passes the gate.
+
+    Args:
+        stage2_summary: The stage-2 model's headline metrics.
+        candidate: The registry's ``candidate`` version (``version``, ``tags``).
+        champion: The current ``champion`` version, or ``None``.
+        params: The ``evaluate`` parameters (``gate.max_pope_f1_drop``).
+
+    Returns:
+        The alias update for the registry, and the decision with its reason (for the report).
+    """
+    if candidate is None:
+        raise ValueError(
+            "no registered candidate model: run `kedro run --pipeline dpo_training` first"
+        )
+    metrics = {k: stage2_summary[k] for k in ("chair_s", "pope_f1_mean")}
+    champion_metrics = metrics_from_tags(champion["tags"]) if champion else None
+    if champion and champion["version"] == candidate["version"]:
+        promote, reason = False, f"version {candidate['version']} is already the champion"
+    elif champion and champion_metrics is None:
+        promote, reason = (
+            False,
+            (
+                f"the champion (version {champion['version']}) has no recorded metrics to compare; "
+                "move the alias by hand if the candidate should replace it"
+            ),
+        )
+    else:
+        promote, reason = champion_decision(
+            metrics, champion_metrics, max_pope_f1_drop=params["gate"]["max_pope_f1_drop"]
+        )
+    logger.info("champion gate: %s (%s)", "promote" if promote else "keep", reason)
+    kept = champion or candidate
+    update = (
+        {"version": candidate["version"], "tags": metrics}
+        if promote
+        else {"version": kept["version"], "tags": {}}
+    )
+    decision = {
+        "promoted": promote,
+        "reason": reason,
+        "candidate_version": candidate["version"],
+        "champion_version": candidate["version"] if promote else kept["version"],
+        "candidate_metrics": metrics,
+        "previous_champion_metrics": champion_metrics,
+    }
+    return update, decision
+
+
+def report_node(gate_decision: dict[str, Any], **rows: dict[str, float]) -> tuple[str, Figure]:
     """The side-by-side report of every evaluated model (markdown and a figure).
 
     Args:
+        gate_decision: The champion gate's decision.
         rows: Model name -> its headline metrics.
     """
-    return report_markdown(rows), report_figure(rows)
+    verdict = "promoted to champion" if gate_decision["promoted"] else "not promoted"
+    note = (
+        f"Champion gate: stage-2 model (registry version {gate_decision['candidate_version']}) "
+        f"{verdict}: {gate_decision['reason']}."
+    )
+    return report_markdown(rows, notes=[note]), report_figure(rows)

@@ -4,6 +4,7 @@ from kedro.pipeline import Node, Pipeline
 
 from .nodes import (
     answer_pope_node,
+    champion_gate_node,
     describe_eval_images_node,
     mmhal_node,
     report_node,
@@ -11,8 +12,8 @@ from .nodes import (
     to_mlflow_metrics,
 )
 
-# Namespace -> the catalog entry of the model it evaluates. Later stages add theirs here.
-MODELS = {"base": "base_model"}
+# Namespace -> the catalog entry of the model it evaluates.
+MODELS = {"base": "base_model", "stage1": "stage1_model", "stage2": "stage2_model"}
 
 SHARED_INPUTS = {
     "eval_images",
@@ -85,10 +86,19 @@ def create_pipeline(**kwargs) -> Pipeline:
         )
         for namespace, model in MODELS.items()
     ]
+    gate = Node(
+        func=champion_gate_node,
+        inputs=["stage2.summary", "stage2_candidate", "champion", "params:evaluate"],
+        outputs=["champion_update", "gate_decision"],
+        name="champion_gate_node",
+    )
     report = Node(
         func=report_node,
-        inputs={namespace: f"{namespace}.summary" for namespace in MODELS},
+        inputs={
+            "gate_decision": "gate_decision",
+            **{namespace: f"{namespace}.summary" for namespace in MODELS},
+        },
         outputs=["evaluation_report", "evaluation_figure"],
         name="report_node",
     )
-    return Pipeline([*per_model, report])
+    return Pipeline([*per_model, gate, report])
