@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import pkgutil
+import time
 from typing import Any
 
 from kedro.framework.hooks import hook_impl
 from kedro.io import DataCatalog
-from kedro.pipeline import Pipeline
+from kedro.pipeline import Node, Pipeline
+
+logger = logging.getLogger(__name__)
 
 
 def _every_pipeline() -> dict[str, Pipeline]:
@@ -65,3 +69,28 @@ class UpstreamCheckHooks:
             raise MissingInputsError(
                 "this run needs inputs that do not exist yet:\n" + "\n".join(lines)
             )
+
+
+class NodeTimerHooks:
+    """Log how long each node took, and a summary at the end of the run."""
+
+    def __init__(self) -> None:
+        self._started: dict[str, float] = {}
+        self._seconds: dict[str, float] = {}
+
+    @hook_impl
+    def before_node_run(self, node: Node) -> None:
+        self._started[node.name] = time.perf_counter()
+
+    @hook_impl
+    def after_node_run(self, node: Node) -> None:
+        seconds = time.perf_counter() - self._started.pop(node.name, time.perf_counter())
+        self._seconds[node.name] = seconds
+        logger.info("node %s took %.1f s", node.name, seconds)
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        if self._seconds:
+            summary = ", ".join(f"{name} {s:.1f} s" for name, s in self._seconds.items())
+            logger.info("node times: %s", summary)
+        self._seconds = {}

@@ -2,10 +2,10 @@
 
 from kedro.config import OmegaConfigLoader
 
-from povid_kedro.hooks import UpstreamCheckHooks
+from povid_kedro.hooks import NodeTimerHooks, UpstreamCheckHooks
 
 # kedro-mlflow registers its own hooks through its entry point.
-HOOKS = (UpstreamCheckHooks(),)
+HOOKS = (UpstreamCheckHooks(), NodeTimerHooks())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
