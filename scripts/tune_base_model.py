@@ -2,19 +2,27 @@
 
 An experiment driver for choosing the world's parameters and the base model's config: it builds
 the world from ``conf/base/parameters_embedded_world.yml`` plus overrides given here (the YAML is
-not edited), trains the tokenizer and model on the world's detailed descriptions (optionally its
-reasoning QA and a text-only warm-up), describes every evaluation image greedily and reports
+not edited), trains the tokenizer and model on the world's detailed descriptions (after a
+text-only warm-up on them, ``TrainConfig.text_warmup_steps``; optionally with its reasoning QA
+too), describes every evaluation image greedily and reports
 
 - CHAIR_s, CHAIR_i, Recall and objects named per image (``povid_kedro.metrics.chair.Chair``);
 - the co-occurrence ratio: how often the model names an absent object whose partner is present
   in the image, over how often it names an absent object with no partner present. A base model
-  that hallucinates "for the right reason" (its language prior) has a ratio well above 1.
+  that hallucinates "for the right reason" (its language prior) has a ratio well above 1. The
+  stricter ``same_scene_ratio`` compares with absent objects of the image's own scene type only,
+  separating the object-object prior from the scene prior;
+- recall broken down by object size, occlusion, contrast and category.
 
-Example::
+Recommended run (the tuned setting; defaults of ``ModelConfig`` / ``TrainConfig``)::
 
-    .venv/bin/python scripts/tune_base_model.py --seed 0 \\
-        --world '{"text": {"mention_probability": 0.9}}' \\
-        --model '{"text_layers": 2}' --train '{"steps": 1500}' --out data/08_reporting/tune.json
+    .venv/bin/python scripts/tune_base_model.py --seed 0 \
+        --world '{"text": {"mention_probability": 1.0}}' \
+        --out data/08_reporting/tune_base_model.json --answers /tmp/answers.json
+
+Re-score saved descriptions without training (same ``--world``)::
+
+    .venv/bin/python scripts/tune_base_model.py --world '...' --score-only /tmp/answers.json
 """
 
 from __future__ import annotations
@@ -72,6 +80,7 @@ def cooccurrence_rates(
     present: Sequence[set[str]],
     partners: Mapping[str, str],
     categories: Sequence[str],
+    same_scene: Sequence[set[str]] | None = None,
 ) -> dict[str, float]:
     """How often absent objects are named, split by whether a partner of theirs is present.
 
@@ -80,18 +89,22 @@ def cooccurrence_rates(
         present: Per image, the categories really in it.
         partners: Category → its usual partner (treated as a symmetric link).
         categories: All categories.
+        same_scene: Per image, the categories of its scene type; gives a stricter control
+            (absent, same scene type, no linked object present), which isolates the
+            object-object prior from the scene prior.
 
     Returns:
         ``partner_rate`` (absent, a linked object present), ``control_rate`` (absent, no linked
-        object present), their ratio and the counts behind them.
+        object present), their ratio, the same-scene control and ratio, and the counts.
     """
     linked: dict[str, set[str]] = {c: set() for c in categories}
     for a, b in partners.items():
         if b:
             linked[a].add(b)
             linked[b].add(a)
-    n_partner = n_partner_named = n_control = n_control_named = 0
-    for said, truth in zip(named, present, strict=True):
+    n_partner = n_partner_named = n_control = n_control_named = n_scene = n_scene_named = 0
+    scenes = same_scene if same_scene is not None else [set() for _ in named]
+    for said, truth, scene in zip(named, present, scenes, strict=True):
         for category in categories:
             if category in truth:
                 continue
@@ -101,12 +114,20 @@ def cooccurrence_rates(
             else:
                 n_control += 1
                 n_control_named += category in said
+                if category in scene:
+                    n_scene += 1
+                    n_scene_named += category in said
     partner_rate = n_partner_named / max(1, n_partner)
     control_rate = n_control_named / max(1, n_control)
+    scene_rate = n_scene_named / max(1, n_scene)
     return {
         "partner_rate": partner_rate,
         "control_rate": control_rate,
         "cooccurrence_ratio": partner_rate / control_rate if control_rate else float("inf"),
+        "same_scene_control_rate": scene_rate,
+        "same_scene_ratio": partner_rate / scene_rate if scene_rate else float("inf"),
+        "n_same_scene_cases": n_scene,
+        "n_same_scene_named": n_scene_named,
         "n_partner_cases": n_partner,
         "n_partner_named": n_partner_named,
         "n_control_cases": n_control,
@@ -131,7 +152,12 @@ def evaluate(world: Any, answers: Sequence[str], files: Sequence[str]) -> dict[s
     summary = {k: v for k, v in scored.items() if not isinstance(v, list)}
     summary["gt_objects_per_image"] = sum(map(len, present)) / len(present)
     summary["recall_by"] = _recall_breakdown(world, files, named)
-    summary.update(cooccurrence_rates(named, present, world.meta["partners"], list(names.values())))
+    scene_of = {s["file_name"]: s["scene"] for s in world.scenes["eval"]}
+    scene_cats = {k: set(v["categories"]) for k, v in world.meta["scene_types"].items()}
+    same_scene = [scene_cats[scene_of[f]] for f in files]
+    summary.update(
+        cooccurrence_rates(named, present, world.meta["partners"], list(names.values()), same_scene)
+    )
     return summary
 
 
@@ -169,11 +195,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokenizer", default="{}", help="JSON TokenizerConfig fields")
     parser.add_argument("--seed", type=int, default=0, help="model init and data-order seed")
     parser.add_argument("--reasoning", action="store_true", help="also train on reasoning QA")
-    parser.add_argument("--text-warmup", action="store_true", help="LM warm-up on descriptions")
     parser.add_argument("--max-new-tokens", type=int, default=160)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, help="write the results JSON here")
     parser.add_argument("--answers", type=Path, help="write every description here (JSON)")
+    parser.add_argument(
+        "--score-only", type=Path, help="score saved descriptions (--answers) without training"
+    )
     parser.add_argument("--save-dir", type=Path, help="save the trained model directory here")
     parser.add_argument("--samples", type=int, default=5, help="descriptions to print")
     args = parser.parse_args(argv)
@@ -185,6 +213,13 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     world = generate_world(WorldConfig.from_dict(params))
     world_seconds = time.perf_counter() - start
+
+    if args.score_only:
+        saved = json.loads(args.score_only.read_text())
+        files = sorted(saved)
+        metrics = evaluate(world, [saved[f] for f in files], files)
+        print(json.dumps({"world_overrides": overrides, "metrics": metrics}, indent=2))  # noqa: T201
+        return 0
 
     records = list(world.instructions["detail"])
     if args.reasoning:
@@ -203,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         processor,
         rows,
         train_cfg,
-        text_rows=descriptions if args.text_warmup else None,
+        text_rows=descriptions,  # warm-up texts; train.text_warmup_steps=0 turns it off
         progress=False,
     )
 
@@ -226,7 +261,6 @@ def main(argv: list[str] | None = None) -> int:
         "model": vars(model_cfg),
         "train": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(train_cfg).items()},
         "reasoning": args.reasoning,
-        "text_warmup": args.text_warmup,
         "n_train_rows": len(rows),
         "n_params": sum(p.numel() for p in model.parameters()),
         "vocab": len(tokenizer),

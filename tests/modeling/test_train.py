@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from povid_kedro.modeling import SFTRow, TrainConfig, build_model_and_processor, train_sft
+from povid_kedro.modeling import (
+    SFTRow,
+    TrainConfig,
+    build_model_and_processor,
+    rows_from_llava_instruct,
+    train_sft,
+)
 from povid_kedro.modeling.data import IGNORE_INDEX, SFTCollator, encode_rows
 from povid_kedro.modeling.train import cosine_lr
 
@@ -72,3 +78,23 @@ def test_cosine_schedule():
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert lrs[-1] == pytest.approx(0.1, abs=1e-3)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False))
+
+
+def test_rows_from_llava_instruct(scenes):
+    image = scenes[0][0]
+    record = {
+        "id": "r1",
+        "image": "a.png",
+        "conversations": [
+            {"from": "human", "value": "<image>\nWhat colour is it?"},
+            {"from": "gpt", "value": "Red."},
+            {"from": "human", "value": "Any shape?"},
+            {"from": "gpt", "value": "A circle."},
+        ],
+    }
+    rows = rows_from_llava_instruct([record], {"a.png": image})
+    assert [(r.prompt, r.answer) for r in rows] == [
+        ("<image>\nWhat colour is it?", "Red."),
+        ("<image>\nAny shape?", "A circle."),
+    ]
+    assert all(r.image is image for r in rows)
