@@ -16,8 +16,8 @@ too), describes every evaluation image greedily and reports
 
 Recommended run (the tuned setting; defaults of ``ModelConfig`` / ``TrainConfig``)::
 
-    .venv/bin/python scripts/tune_base_model.py --seed 0 \
-        --world '{"text": {"mention_probability": 1.0}}' \
+    .venv/bin/python scripts/tune_base_model.py --seed 0 \\
+        --world '{"text": {"mention_probability": 1.0}}' \\
         --out data/08_reporting/tune_base_model.json --answers /tmp/answers.json
 
 Re-score saved descriptions without training (same ``--world``)::

@@ -50,7 +50,8 @@ class TokenizerConfig:
 class ModelConfig:
     """Sizes of the tiny ``LlavaForConditionalGeneration`` (CLIP vision tower + Llama LM).
 
-    The defaults give ≈0.5 M parameters: 96×96 images in 12-px patches, i.e. 64 image tokens.
+    The defaults give ≈0.8 M parameters with a ~900-token vocabulary: 96×96 images in 12-px
+    patches, i.e. 64 image tokens.
 
     Attributes:
         image_size: Side of the square input image in pixels (the image processor resizes to it).
