@@ -45,6 +45,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from povid_kedro.metrics.chair import Chair  # noqa: E402
+from povid_kedro.metrics.pope import score_pope  # noqa: E402
 from povid_kedro.modeling import (  # noqa: E402
     ModelConfig,
     TokenizerConfig,
@@ -186,6 +187,30 @@ def _recall_breakdown(
     }
 
 
+def pope_scores(world: Any, model: Any, processor: Any, template: str) -> dict[str, Any]:
+    """POPE accuracy, F1 and yes-ratio per split, asked with ``template``."""
+    out = {}
+    for split, questions in world.pope.items():
+        texts = generate(
+            model,
+            processor,
+            [world.eval_images[q["image"]] for q in questions],
+            [template.format(question=q["text"]) for q in questions],
+            max_new_tokens=4,
+            batch_size=128,
+            progress=False,
+        )
+        result = score_pope(
+            questions,
+            [
+                {"question_id": q["question_id"], "text": t}
+                for q, t in zip(questions, texts, strict=True)
+            ],
+        )
+        out[split] = {k: round(float(result[k]), 4) for k in ("accuracy", "f1", "yes_ratio")}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one experiment and print (and optionally save) its results as JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -194,7 +219,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train", default="{}", help="JSON TrainConfig fields")
     parser.add_argument("--tokenizer", default="{}", help="JSON TokenizerConfig fields")
     parser.add_argument("--seed", type=int, default=0, help="model init and data-order seed")
-    parser.add_argument("--reasoning", action="store_true", help="also train on reasoning QA")
+    parser.add_argument(
+        "--tasks",
+        default="detail",
+        help="comma-separated instruction files to train on (detail, complex_reasoning, vqa)",
+    )
+    parser.add_argument(
+        "--pope-template",
+        default="<image>\n{question}\nAnswer the question using a single word or phrase.",
+        help="how POPE questions are asked ('' skips POPE)",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=160)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, help="write the results JSON here")
@@ -221,9 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"world_overrides": overrides, "metrics": metrics}, indent=2))  # noqa: T201
         return 0
 
-    records = list(world.instructions["detail"])
-    if args.reasoning:
-        records += [r for k, v in world.instructions.items() if k != "detail" for r in v]
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    records = [r for t in tasks for r in world.instructions[t]]
     rows = rows_from_llava_instruct(records, world.train_images)
     texts = [t for r in records for t in (c["value"] for c in r["conversations"])]
     tokenizer = train_tokenizer(texts, TokenizerConfig.from_dict(json.loads(args.tokenizer)))
@@ -255,12 +288,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     generate_seconds = time.perf_counter() - start
     metrics = evaluate(world, answers, files)
+    if args.pope_template:
+        metrics["pope"] = pope_scores(world, model, processor, args.pope_template)
     report = {
         "seed": args.seed,
         "world_overrides": overrides,
         "model": vars(model_cfg),
         "train": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(train_cfg).items()},
-        "reasoning": args.reasoning,
+        "tasks": tasks,
         "n_train_rows": len(rows),
         "n_params": sum(p.numel() for p in model.parameters()),
         "vocab": len(tokenizer),

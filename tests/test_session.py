@@ -42,7 +42,8 @@ def test_world_and_ingest_run_in_a_kedro_session_and_track_to_mlflow(project: Pa
     run_pipeline(project, "ingest_ground_truth")
     train = pd.read_parquet(project / "data" / "03_primary" / "ground_truth_train.parquet")
     evaluation = pd.read_parquet(project / "data" / "03_primary" / "ground_truth_eval.parquet")
-    assert set(train["task_type"]) == {"description", "reasoning"}
+    assert set(train["task_type"]) == {"description", "reasoning", "vqa"}
+    assert set(train.loc[train["task_type"] == "vqa", "answer"]) == {"Yes", "No"}
     assert not set(train["image"]) & set(evaluation["image"])
     quarantine = pd.read_csv(project / "data" / "02_intermediate" / "ingest_quarantine.csv")
     assert quarantine.empty  # the generated world is valid input
@@ -62,7 +63,10 @@ def test_world_and_ingest_run_in_a_kedro_session_and_track_to_mlflow(project: Pa
     run_pipeline(project, "inject_hallucinations")
     pairs = pd.read_parquet(project / "data" / "04_feature" / "preference_pairs.parquet")
     failures = pd.read_csv(project / "data" / "04_feature" / "injection_failures.csv")
-    assert len(pairs) + len(failures) == len(train) + len(evaluation)
+    # Pairs come from descriptions and reasoning; the one-word VQA rows are counted, not paired.
+    injectable = train["task_type"].ne("vqa").sum() + evaluation["task_type"].ne("vqa").sum()
+    assert len(pairs) + len(failures) == injectable
+    assert set(pairs["task_type"]) == {"description", "reasoning"}
     assert (pairs["rejected"] != pairs["answer"]).all()
     trl = pd.read_parquet(project / "data" / "05_model_input" / "trl_preferences.parquet")
     assert {"image", "prompt", "chosen", "rejected"} <= set(trl.columns)
@@ -71,6 +75,8 @@ def test_world_and_ingest_run_in_a_kedro_session_and_track_to_mlflow(project: Pa
         [experiment.experiment_id], "tags.`mlflow.runName` = 'inject_hallucinations'"
     )
     assert runs[0].data.metrics["inject.pairs"] == len(pairs)
+    not_paired = (train["task_type"] == "vqa").sum() + (evaluation["task_type"] == "vqa").sum()
+    assert runs[0].data.metrics["inject.not_injected_vqa"] == not_paired
 
 
 TINY_MODEL = {

@@ -31,7 +31,8 @@ logger = logging.getLogger(__name__)
 IMAGE_TOKEN = "<image>"
 DESCRIPTION = "description"
 REASONING = "reasoning"
-TASK_TYPES = (DESCRIPTION, REASONING)
+VQA = "vqa"  # one-word answers (LLaVA-1.5's VQA-style data), for the base model only
+TASK_TYPES = (DESCRIPTION, REASONING, VQA)
 
 GROUND_TRUTH_COLUMNS = [
     "id",
@@ -66,7 +67,7 @@ class IngestConfig:
 
     Attributes:
         task_types: Task type per input file (by its name without suffix): ``description``,
-            ``reasoning`` or ``auto``. Files not listed use ``auto``.
+            ``reasoning``, ``vqa`` or ``auto``. Files not listed use ``auto``.
         description_prompts: Instructions that mark a detailed-description sample (``auto``).
         sample_size: Rows to keep after stratified sampling by task type; ``None`` keeps all.
         eval_fraction: Share of images whose rows go to the evaluation split.

@@ -101,6 +101,12 @@ def test_task_type_from_file_mapping_overrides_auto(image_root):
     assert table.loc[0, "task_type"] == "reasoning"
 
 
+def test_short_answer_file_is_its_own_task_type(image_root):
+    cfg = IngestConfig.from_dict({"task_types": {"vqa": "vqa"}})
+    table, _ = read_records({"vqa": [_record("v1", "img0.png")]}, ImageFolder(image_root), cfg)
+    assert table.loc[0, "task_type"] == "vqa"
+
+
 @pytest.mark.parametrize(
     ("record", "reason", "words"),
     [

@@ -13,7 +13,7 @@ from povid_kedro.modeling import (
     train_sft,
 )
 from povid_kedro.modeling.data import IGNORE_INDEX, SFTCollator, encode_rows
-from povid_kedro.modeling.train import cosine_lr
+from povid_kedro.modeling.train import cosine_lr, sample_mean_loss
 
 from .conftest import PROMPT
 
@@ -98,3 +98,41 @@ def test_rows_from_llava_instruct(scenes):
         ("<image>\nAny shape?", "A circle."),
     ]
     assert all(r.image is image for r in rows)
+
+
+def test_sample_mean_loss_weighs_every_row_equally(fresh, scenes):
+    model, processor = fresh
+    rows = [SFTRow(scenes[0][0], PROMPT, scenes[0][1]), SFTRow(scenes[1][0], PROMPT, "Yes")]
+    features = encode_rows(processor, rows, max_length=96)
+    batch = SFTCollator(features, processor.tokenizer.pad_token_id)([0, 1])
+    labels = batch.pop("labels")
+    with torch.no_grad():
+        logits = model(**batch).logits
+    # By hand: each row's mean next-token loss over its labelled tokens, then the mean of rows.
+    per_row = []
+    for row in range(2):
+        losses = [
+            -torch.log_softmax(logits[row, t - 1], dim=-1)[labels[row, t]]
+            for t in range(1, labels.shape[1])
+            if labels[row, t] != IGNORE_INDEX
+        ]
+        per_row.append(torch.stack(losses).mean())
+    expected = torch.stack(per_row).mean()
+    assert sample_mean_loss(logits, labels).item() == pytest.approx(expected.item(), rel=1e-5)
+    with torch.no_grad():
+        token_mean = model(**batch, labels=labels).loss
+    # The short answer counts for half of the sample-mean loss but far less of the token mean.
+    assert not torch.isclose(token_mean, expected)
+
+
+def test_sample_normalised_training_runs(model_cfg, tokenizer, scenes):
+    rows = [SFTRow(image, PROMPT, caption) for image, caption in scenes[:8]]
+    rows += [SFTRow(image, PROMPT, "Yes") for image, _ in scenes[:8]]
+    model, processor = build_model_and_processor(model_cfg, tokenizer)
+    cfg = TrainConfig(
+        steps=20, batch_size=8, lr=1e-2, max_length=96, log_every=0, loss_normalization="sample"
+    )
+    result = train_sft(model, processor, rows, cfg, progress=False)
+    assert sum(result.losses[-5:]) < sum(result.losses[:5])
+    with pytest.raises(ValueError, match="loss_normalization"):
+        TrainConfig(loss_normalization="mean")

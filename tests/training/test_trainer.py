@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 
 import pytest
@@ -232,3 +233,26 @@ def test_stage2_runs_with_bf16_and_checkpointing(fresh, pairs, load_image):
     assert report.steps == 2 and all(torch.isfinite(p).all() for p in merged.parameters())
     assert next(merged.parameters()).dtype == torch.float32
     assert "forward" not in merged.__dict__  # accelerate's autocast wrapper is gone too
+
+
+def test_only_the_pairs_the_steps_reach_are_prepared(fresh, pairs, load_image):
+    model, processor = fresh
+    cfg = {**FAST, "max_steps": 1, "batch_size": 4}
+    _, report = train_stage1(copy.deepcopy(model), processor, pairs, load_image, cfg)
+    assert (report.n_train_pairs, report.n_unused_pairs) == (4, 4)
+    assert report.summary()["unused_pairs"] == 4
+    _, report = train_stage1(
+        model, processor, pairs, load_image, {**cfg, "pairs_for_steps_only": False}
+    )
+    assert (report.n_train_pairs, report.n_unused_pairs) == (8, 0)
+
+
+def test_sft_term_adds_the_chosen_nll(fresh, pairs, load_image):
+    model, processor = fresh
+    cfg = {**FAST, "max_steps": 1, "sft_weight": 0.5}
+    _, report = train_stage1(copy.deepcopy(model), processor, pairs, load_image, cfg)
+    step = report.step_metrics[0]
+    # At the first step the policy is the reference, so the DPO part is exactly log 2.
+    assert step["hallucination/loss"] == pytest.approx(math.log(2), abs=1e-4)
+    assert step["sft/nll_chosen"] > 0
+    assert step["loss"] == pytest.approx(math.log(2) + 0.5 * step["sft/nll_chosen"], rel=1e-4)

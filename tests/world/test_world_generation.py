@@ -142,6 +142,55 @@ def test_llava_records_parse(world: World) -> None:
     assert len(prompts) > 5
 
 
+def test_short_answer_records_ask_presence_and_answer_from_the_scene(
+    world: World, cfg: WorldConfig
+) -> None:
+    records = json.loads(json.dumps(world.instructions["vqa"]))
+    expected = cfg.text.short_qa_share * cfg.n_train_images
+    assert len(records) == pytest.approx(expected, abs=3 * math.sqrt(cfg.n_train_images))
+    truth = {s["file_name"]: {o["category"] for o in s["objects"]} for s in world.scenes["train"]}
+    lookup = {
+        word: c.name
+        for c in cfg.categories
+        for name in (c.name, *c.synonyms)
+        for word in (name, cfg.plural(name))
+    }
+    answers = Counter()
+    for rec in records:
+        conv = rec["conversations"]
+        assert len(conv) == 2 * cfg.text.short_qa_turns
+        asked = set()
+        for q, a in zip(conv[0::2], conv[1::2], strict=True):
+            question = q["value"].removeprefix("<image>\n")
+            assert question.endswith("\n" + cfg.text.short_qa_suffix)
+            match = re.match(
+                r"(?:Is there an? (.+) in the image|Can you see any (.+) in this picture"
+                r"|Does the image contain an? (.+))\?\n",
+                question,
+            )
+            assert match, question
+            category = lookup[next(g for g in match.groups() if g)]
+            assert category not in asked, rec  # each turn asks about another category
+            asked.add(category)
+            assert a["value"] == ("Yes" if category in truth[rec["image"]] else "No"), rec
+            answers[a["value"]] += 1
+    share_no = answers["No"] / sum(answers.values())
+    assert share_no == pytest.approx(cfg.text.absent_question_share, abs=0.05)
+
+
+def test_short_answers_leave_the_other_text_unchanged(cfg: WorldConfig) -> None:
+    params = small_params(n_train=60, n_eval=10)
+    without = copy.deepcopy(params)
+    without["text"]["short_qa_share"] = 0.0
+    a, b = (
+        generate_world(WorldConfig.from_dict(params)),
+        generate_world(WorldConfig.from_dict(without)),
+    )
+    assert a.instructions["detail"] == b.instructions["detail"]
+    assert a.instructions["complex_reasoning"] == b.instructions["complex_reasoning"]
+    assert a.instructions["vqa"] and not b.instructions["vqa"]
+
+
 def test_descriptions_and_captions_name_only_present_objects(
     world: World, cfg: WorldConfig
 ) -> None:

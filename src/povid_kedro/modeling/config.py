@@ -137,6 +137,9 @@ class TrainConfig:
             passed to :func:`~povid_kedro.modeling.train.train_sft`).
         text_warmup_lr: Peak learning rate of the text-only warm-up.
         log_every: Log the running loss every this many steps.
+        loss_normalization: ``token`` averages the loss over every answer token in the batch
+            (Hugging Face's default: long answers dominate); ``sample`` averages each row's
+            tokens first, so a one-word answer weighs as much as a description.
     """
 
     steps: int = 2000
@@ -153,6 +156,13 @@ class TrainConfig:
     text_warmup_steps: int = 400
     text_warmup_lr: float = 3e-3
     log_every: int = 100
+    loss_normalization: str = "token"
+
+    def __post_init__(self) -> None:
+        if self.loss_normalization not in ("token", "sample"):
+            raise ValueError(
+                f"loss_normalization must be 'token' or 'sample', got {self.loss_normalization!r}"
+            )
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> TrainConfig:

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from povid_kedro.modeling.config import TrainConfig
-from povid_kedro.modeling.data import SFTCollator, SFTRow, encode_rows
+from povid_kedro.modeling.data import IGNORE_INDEX, SFTCollator, SFTRow, encode_rows
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +72,27 @@ def _index_stream(n: int, batch_size: int, generator: torch.Generator) -> Iterat
             yield order[start : start + batch_size]
 
 
+def sample_mean_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Causal-LM cross-entropy averaged over each row's answer tokens, then over rows.
+
+    Args:
+        logits: ``(batch, length, vocab)``.
+        labels: ``(batch, length)``, ``-100`` where no loss is taken.
+
+    Returns:
+        The scalar loss; rows without any labelled token are left out.
+    """
+    targets = labels[:, 1:]
+    mask = targets != IGNORE_INDEX
+    per_token = torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().transpose(1, 2), targets.clamp(min=0), reduction="none"
+    )
+    counts = mask.sum(dim=1)
+    keep = counts > 0
+    per_row = (per_token * mask).sum(dim=1)[keep] / counts[keep]
+    return per_row.mean()
+
+
 def _optimizer(model: torch.nn.Module, cfg: TrainConfig, lr: float) -> torch.optim.AdamW:
     # No weight decay on norms and biases (1-d tensors), as usual for transformers.
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
@@ -112,7 +133,11 @@ def _run_phase(
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = collator(next(stream))
-        loss = model(**batch).loss
+        if cfg.loss_normalization == "sample":
+            labels = batch.pop("labels")
+            loss = sample_mean_loss(model(**batch).logits, labels)
+        else:
+            loss = model(**batch).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:

@@ -108,6 +108,11 @@ class StageConfig:
             Length-desensitised DPO (LD-DPO, trl's `ld_alpha`): log-probs of answer tokens beyond
             the shorter answer of a pair are weighted by this α in [0, 1]. `None` is plain DPO.
             Counters DPO's drift to shorter answers when rejections are longer.
+        sft_weight (`float`, *optional*, defaults to `0.0`):
+            Weight of a supervised term, the mean negative log-likelihood of the chosen answer's
+            tokens, added to the DPO loss (trl 1.x: `loss_type=[..., "sft"]` with `loss_weights`;
+            RPO). It keeps the policy producing the full ground-truth answer while DPO pushes
+            the rejection down, another guard against learning to stop early.
         learning_rate (`float`, *optional*, defaults to `5e-4`):
             Peak learning rate (AdamW) of the trained parameters.
         lr_scheduler_type (`str`, *optional*, defaults to `"cosine"`):
@@ -144,6 +149,12 @@ class StageConfig:
             is frozen and the noise is seeded per sample; gives the same loss as recomputing them.
         reference_batch_size (`int`, *optional*, defaults to `32`):
             Pairs per forward when caching the reference log-probs.
+        pairs_for_steps_only (`bool`, *optional*, defaults to `True`):
+            When `max_steps > 0` covers fewer pairs than there are, train on a seeded sample of
+            `max_steps × batch_size × gradient_accumulation_steps` pairs: the steps would see no
+            others, and the rest need no checks, encoding or reference log-probs. The log and the
+            report say how many were left out. `False` keeps every pair (the trainer then draws
+            the same number from all of them).
         pixel_cache (`bool`, *optional*, defaults to `True`):
             Keep each processed image (clean and noisy) in memory after first use. Turn off at real
             scale, where 17K images of 336×336 would take tens of GB; they are then processed per
@@ -169,6 +180,7 @@ class StageConfig:
     beta: float = _help(0.1, "DPO beta (IPO tau for loss_type='ipo').")
     loss_type: str = _help("sigmoid", f"DPO loss variant, one of {LOSS_TYPES}.")
     ld_alpha: float | None = _help(None, "LD-DPO weight of tokens past the shorter answer.")
+    sft_weight: float = _help(0.0, "Weight of the chosen-answer NLL added to the loss.")
     learning_rate: float = _help(5e-4, "Peak learning rate.")
     lr_scheduler_type: str = _help("cosine", "transformers learning-rate scheduler name.")
     warmup_ratio: float = _help(0.03, "Share of steps spent warming up.")
@@ -185,6 +197,7 @@ class StageConfig:
     disable_dropout: bool = _help(True, "Disable dropout in the policy.")
     cache_reference: bool = _help(True, "Compute reference log-probs once before training.")
     reference_batch_size: int = _help(32, "Pairs per forward when caching reference log-probs.")
+    pairs_for_steps_only: bool = _help(True, "Use only as many pairs as max_steps will see.")
     pixel_cache: bool = _help(True, "Keep processed images in memory.")
     logging_steps: int = _help(10, "Log every this many steps.")
     save_steps: int = _help(0, "Save a checkpoint every this many steps (0: none).")
@@ -200,6 +213,8 @@ class StageConfig:
             raise ValueError(f"beta must be > 0, got {self.beta}")
         if self.loss_type not in LOSS_TYPES:
             raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
+        if self.sft_weight < 0:
+            raise ValueError(f"sft_weight must be >= 0, got {self.sft_weight}")
         if self.ld_alpha is not None and not 0.0 <= self.ld_alpha <= 1.0:
             raise ValueError(f"ld_alpha must be in [0, 1] or None, got {self.ld_alpha}")
         for name in ("batch_size", "gradient_accumulation_steps", "max_length"):

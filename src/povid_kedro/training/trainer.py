@@ -141,6 +141,8 @@ class TrainReport:
         invalid_pairs: ``(id, reason)`` of every pair that was not used (train and eval).
         n_train_pairs: Valid training pairs.
         n_eval_pairs: Valid eval pairs.
+        n_unused_pairs: Training pairs left out because ``max_steps`` would not reach them
+            (``pairs_for_steps_only``).
         config: The stage config (and noise config in stage 2) as a flat dict, for MLflow params.
     """
 
@@ -154,6 +156,7 @@ class TrainReport:
     invalid_pairs: list[tuple[str, str]] = field(default_factory=list)
     n_train_pairs: int = 0
     n_eval_pairs: int = 0
+    n_unused_pairs: int = 0
     config: dict[str, Any] = field(default_factory=dict)
 
     def history(self) -> dict[str, list[tuple[int, float]]]:
@@ -174,6 +177,8 @@ class TrainReport:
             out["mean_step_seconds"] = sum(times) / len(times)
         out.update(self.eval_metrics)
         out["invalid_pairs"] = float(len(self.invalid_pairs))
+        out["train_pairs"] = float(self.n_train_pairs)
+        out["unused_pairs"] = float(self.n_unused_pairs)
         return out
 
 
@@ -474,12 +479,19 @@ class POVIDTrainer(DPOTrainer):
         self, model: Any, inputs: dict[str, torch.Tensor], return_outputs: bool
     ) -> Any:
         mode = "train" if self.model.training else "eval"
-        policy, lengths = self.branch_logps(self.sequence_terms(model, inputs, reference=False))
+        terms = self.sequence_terms(model, inputs, reference=False)
+        policy, lengths = self.branch_logps(terms)
         if all(f"ref_{key}" in inputs for key in policy):
             reference = {key: inputs[f"ref_{key}"] for key in policy}
         else:
             reference = self.reference_logps(inputs)
         loss, metrics = self.povid_loss(policy, reference, lengths)
+        if self.stage_cfg.sft_weight > 0:
+            tokens, mask = terms["chosen"]
+            nll = -(tokens * mask).sum() / mask.sum().clamp(min=1)
+            loss = loss + self.stage_cfg.sft_weight * nll
+            metrics["sft/nll_chosen"] = float(nll.detach())
+            metrics["loss"] = float(loss.detach())
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"the loss became {float(loss.detach())} at step {self.state.global_step + 1} "
@@ -670,6 +682,20 @@ def _run_stage(
     start = time.perf_counter()
     report = TrainReport(stage=stage, branches=branches, config=_flat_config(cfg, noise))
     train_df, eval_df = _split(pairs)
+    seen = cfg.max_steps * cfg.batch_size * cfg.gradient_accumulation_steps
+    if cfg.pairs_for_steps_only and 0 < seen < len(train_df):
+        report.n_unused_pairs = len(train_df) - seen
+        logger.info(
+            "%s: %d steps x %d pairs see %d of the %d training pairs; using a seeded sample of "
+            "%d (pairs_for_steps_only: false keeps all)",
+            stage,
+            cfg.max_steps,
+            cfg.batch_size * cfg.gradient_accumulation_steps,
+            seen,
+            len(train_df),
+            seen,
+        )
+        train_df = train_df.sample(n=seen, random_state=cfg.seed).sort_index()
     bank = ImageBank(processor, load_image, noise=noise, cache=cfg.pixel_cache)
     generated = branches == "generated"
     train = _encode_checked(processor, train_df, bank, cfg, generated)

@@ -143,6 +143,11 @@ class TextConfig:
         reasoning_share: Share of training images with a reasoning record.
         multi_turn_share: Share of reasoning records with a second turn.
         absent_question_share: Share of presence questions asked about an absent category.
+        short_qa_share: Share of training images with a short-answer record (LLaVA-1.5's
+            VQA-style data: yes/no presence questions answered in one word, which is what
+            POPE asks).
+        short_qa_turns: Questions per short-answer record.
+        short_qa_suffix: Instruction appended to every short-answer question (LLaVA-1.5's).
         question_weights: Relative frequency of the reasoning question kinds.
         irregular_plurals: Plurals the English ``-s``/``-es``/``-ies`` rule gets wrong.
     """
@@ -162,6 +167,9 @@ class TextConfig:
     reasoning_share: float = 0.5
     multi_turn_share: float = 0.3
     absent_question_share: float = 0.5
+    short_qa_share: float = 0.0
+    short_qa_turns: int = 2
+    short_qa_suffix: str = "Answer the question using a single word or phrase."
     question_weights: dict[str, float] = field(
         default_factory=lambda: dict.fromkeys(_QUESTION_KINDS, 1.0)
     )
@@ -690,6 +698,9 @@ def _read_text(p: _Reader) -> TextConfig:
         reasoning_share=p.prob("reasoning_share", d.reasoning_share),
         multi_turn_share=p.prob("multi_turn_share", d.multi_turn_share),
         absent_question_share=p.prob("absent_question_share", d.absent_question_share),
+        short_qa_share=p.prob("short_qa_share", d.short_qa_share),
+        short_qa_turns=p.integer("short_qa_turns", d.short_qa_turns, lo=1),
+        short_qa_suffix=p.text("short_qa_suffix", d.short_qa_suffix),
         question_weights={k: float(weights.get(k, 0.0)) for k in _QUESTION_KINDS},
         irregular_plurals=dict(plurals),
     )

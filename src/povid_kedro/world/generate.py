@@ -1,9 +1,10 @@
 """Generation of a whole world: scenes, images, text and ground-truth files from one config.
 
 Seeding: ``SeedSequence(cfg.seed)`` spawns one child per split, each split one child per image,
-and each image three children (scene truth, pixels, text). An image therefore depends only on
-the seed, its split and its index: changing ``n_eval_images`` leaves the training images alone,
-and changing a text knob leaves every pixel alone. No global random state is touched.
+and each image four children (scene truth, pixels, text, short answers). An image therefore
+depends only on the seed, its split and its index: changing ``n_eval_images`` leaves the
+training images alone, and changing a text knob leaves every pixel alone. No global random state
+is touched.
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ class World:
     Attributes:
         train_images: File name (``train_000001.png``) -> RGB image.
         eval_images: File name (``val_000001.png``) -> RGB image.
-        instructions: ``{"detail": [...], "complex_reasoning": [...]}`` LLaVA-Instruct records
-            for training images.
+        instructions: ``{"detail": [...], "complex_reasoning": [...], "vqa": [...]}``
+            LLaVA-Instruct records for training images (``vqa``: one-word presence answers).
         instances: COCO ``instances_*.json`` document of the evaluation images.
         captions: COCO ``captions_*.json`` document of the evaluation images.
         synonyms: Synonym list text (``canonical, syn1, ...`` per line).
@@ -86,12 +87,13 @@ def generate_world(cfg: WorldConfig) -> World:
     areas: dict[str, list[int]] = {}
     detail: list[dict[str, Any]] = []
     reasoning: list[dict[str, Any]] = []
+    short_qa: list[dict[str, Any]] = []
     captions: dict[str, list[str]] = {}
     vis = cfg.visual
 
     for split, n in sizes.items():
         for index, image_seed in enumerate(split_seeds[split].spawn(n)):
-            scene_seed, render_seed, text_seed = image_seed.spawn(3)
+            scene_seed, render_seed, text_seed, short_seed = image_seed.spawn(4)
             image_id = index + 1
             file_name = f"{_PREFIX[split]}_{image_id:06d}.png"
             scene = sampler.sample(
@@ -137,6 +139,18 @@ def generate_world(cfg: WorldConfig) -> World:
                             conversation([(q, a) for _, q, a in qa]),
                         )
                     )
+                # Its own generator, so adding short answers leaves the other text unchanged.
+                short_rng = np.random.default_rng(short_seed)
+                if short_rng.random() < cfg.text.short_qa_share:
+                    qa = writer.short_qa(short_rng, scene, cfg.text.short_qa_turns)
+                    scene["short_qa"] = [[name, a] for name, _, a in qa]
+                    short_qa.append(
+                        llava_record(
+                            f"vqa_{image_id:06d}",
+                            file_name,
+                            conversation([(q, a) for _, q, a in qa]),
+                        )
+                    )
             else:
                 captions[file_name] = writer.captions(rng, scene)
             scenes[split].append(scene)
@@ -153,7 +167,7 @@ def generate_world(cfg: WorldConfig) -> World:
     world = World(
         train_images=images["train"],
         eval_images=images["eval"],
-        instructions={"detail": detail, "complex_reasoning": reasoning},
+        instructions={"detail": detail, "complex_reasoning": reasoning, "vqa": short_qa},
         instances=instances,
         captions=coco_captions(cfg, scenes["eval"], captions),
         synonyms=synonyms_text(cfg),
@@ -162,11 +176,13 @@ def generate_world(cfg: WorldConfig) -> World:
         meta=_meta(cfg, scenes),
     )
     logger.info(
-        "Generated world: %d train / %d eval images, %d detail + %d reasoning records in %.1f s",
+        "Generated world: %d train / %d eval images, %d detail + %d reasoning + %d short-answer "
+        "records in %.1f s",
         len(world.train_images),
         len(world.eval_images),
         len(detail),
         len(reasoning),
+        len(short_qa),
         time.perf_counter() - start,
     )
     return world

@@ -444,6 +444,51 @@ class TextWriter:
             f"{self._pos(g.cells[1])}. So there are {plural} in the image."
         )
 
+    def short_qa(
+        self, rng: np.random.Generator, scene: dict[str, Any], turns: int
+    ) -> list[tuple[str, str, str]]:
+        """Write one-word presence questions (LLaVA-1.5's VQA-style short answers).
+
+        Each turn asks about a different category: an absent one (drawn uniformly, like POPE's
+        random split) with probability ``absent_question_share``, else a present one.
+
+        Args:
+            rng: The image's short-answer generator.
+            scene: A scene record with at least one object.
+            turns: Number of questions.
+
+        Returns:
+            ``(category, question, answer)`` per turn; answers are ``Yes`` or ``No``.
+        """
+        present = {g.cat.name for g in self.groups(scene)}
+        asked: set[str] = set()
+        out: list[tuple[str, str, str]] = []
+        for _ in range(turns):
+            absent = rng.random() < self.t.absent_question_share
+            pools = {
+                side: [
+                    c
+                    for c in self.cfg.categories
+                    if (c.name in present) != side and c.name not in asked
+                ]
+                for side in (True, False)
+            }
+            if not pools[absent]:  # every present category was asked already: ask an absent one
+                absent = not absent
+            pool = pools[absent]
+            if not pool:
+                break
+            cat = pool[int(rng.integers(len(pool)))]
+            asked.add(cat.name)
+            noun = self._noun(rng, cat)
+            question = self._pick(rng, _PRESENCE_Q).format(
+                a_noun=f"{_article(noun)} {noun}", plural=self.cfg.plural(noun)
+            )
+            out.append(
+                (cat.name, f"{question}\n{self.t.short_qa_suffix}", "No" if absent else "Yes")
+            )
+        return out
+
     def _q_purpose(
         self, rng: np.random.Generator, scene: dict[str, Any], groups: list[_Group], _s: Any
     ) -> tuple[str, str]:

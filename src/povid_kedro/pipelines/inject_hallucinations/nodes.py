@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 
 from povid_kedro.hallucination import (
+    TASK_TYPES,
     ClientConfig,
     InjectionCache,
     diff_report,
@@ -50,6 +51,19 @@ def inject_hallucinations_node(
         [ground_truth_train.assign(split="train"), ground_truth_eval.assign(split="eval")],
         ignore_index=True,
     )
+    # POVID builds pairs from descriptions and reasoning answers; other ground truth (one-word
+    # VQA answers the base model learns from) has nothing to hallucinate into.
+    injectable = samples["task_type"].isin(TASK_TYPES)
+    left_out = samples.loc[~injectable, "task_type"].value_counts().to_dict()
+    if left_out:
+        logger.info(
+            "inject_hallucinations: %d ground-truth rows of task types %s are not made into "
+            "pairs (only %s are)",
+            int((~injectable).sum()),
+            left_out,
+            list(TASK_TYPES),
+        )
+    samples = samples[injectable].reset_index(drop=True)
     injector = make_injector(
         params, client_config=openai_client, cache=injection_cache, synonyms=object_synonyms
     )
@@ -72,6 +86,8 @@ def inject_hallucinations_node(
         len(result.failures),
     )
     metrics = {name: {"value": float(v), "step": 0} for name, v in result.stats.items()}
+    for task, n in left_out.items():
+        metrics[f"not_injected_{task}"] = {"value": float(n), "step": 0}
     return pairs, result.failures, metrics
 
 
