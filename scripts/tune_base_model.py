@@ -225,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated instruction files to train on (detail, complex_reasoning, vqa)",
     )
     parser.add_argument(
+        "--task-weights", default="{}", help='JSON loss weight per file, e.g. {"vqa": 10}'
+    )
+    parser.add_argument(
         "--pope-template",
         default="<image>\n{question}\nAnswer the question using a single word or phrase.",
         help="how POPE questions are asked ('' skips POPE)",
@@ -256,8 +259,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    task_weights = json.loads(args.task_weights)
+    rows = []
+    for task in tasks:
+        for row in rows_from_llava_instruct(world.instructions[task], world.train_images):
+            row.weight = float(task_weights.get(task, 1.0))
+            row.task = task
+            rows.append(row)
     records = [r for t in tasks for r in world.instructions[t]]
-    rows = rows_from_llava_instruct(records, world.train_images)
     texts = [t for r in records for t in (c["value"] for c in r["conversations"])]
     tokenizer = train_tokenizer(texts, TokenizerConfig.from_dict(json.loads(args.tokenizer)))
     model_cfg = ModelConfig.from_dict({"seed": args.seed, **json.loads(args.model)})
@@ -296,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": vars(model_cfg),
         "train": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(train_cfg).items()},
         "tasks": tasks,
+        "task_weights": task_weights,
         "n_train_rows": len(rows),
         "n_params": sum(p.numel() for p in model.parameters()),
         "vocab": len(tokenizer),

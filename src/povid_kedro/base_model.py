@@ -35,6 +35,7 @@ def train_scratch_model(
     model: Mapping[str, Any],
     train: Mapping[str, Any],
     extra_texts: Sequence[str] = (),
+    task_weights: Mapping[str, float] | None = None,
 ) -> tuple[Any, Any, TrainResult]:
     """Train a tokenizer and a tiny LLaVA on ground-truth rows.
 
@@ -48,6 +49,8 @@ def train_scratch_model(
         model: :class:`ModelConfig` fields.
         train: :class:`TrainConfig` fields.
         extra_texts: More text for the tokenizer (e.g. evaluation prompts), not trained on.
+        task_weights: Loss weight of each task type's rows (default 1): a one-word VQA answer
+            has one informative token against a description's dozens.
 
     Returns:
         ``(model, processor, result)``.
@@ -58,12 +61,25 @@ def train_scratch_model(
             f"no ground-truth row of task type {list(tasks)} to train the base model on; "
             f"the table has {sorted(ground_truth['task_type'].unique())}"
         )
+    weights = dict(task_weights or {})
+    unknown = sorted(set(weights) - set(tasks))
+    if unknown:
+        raise ValueError(
+            f"base_model.task_weights names task types {unknown} that are not in "
+            f"base_model.tasks {list(tasks)}"
+        )
     images = {path: load_image(path).convert("RGB") for path in rows["image"].unique()}
     texts = [*rows["prompt"], *rows["answer"], *extra_texts]
     tok = train_tokenizer(texts, TokenizerConfig.from_dict(dict(tokenizer)))
     net, processor = build_model_and_processor(ModelConfig.from_dict(dict(model)), tok)
     sft_rows = [
-        SFTRow(image=images[r.image], prompt=r.prompt, answer=r.answer)
+        SFTRow(
+            image=images[r.image],
+            prompt=r.prompt,
+            answer=r.answer,
+            weight=float(weights.get(r.task_type, 1.0)),
+            task=r.task_type,
+        )
         for r in rows.itertuples(index=False)
     ]
     warmup = rows.loc[rows["task_type"] == "description", "answer"].tolist()

@@ -13,7 +13,7 @@ from povid_kedro.modeling import (
     train_sft,
 )
 from povid_kedro.modeling.data import IGNORE_INDEX, SFTCollator, encode_rows
-from povid_kedro.modeling.train import cosine_lr, sample_mean_loss
+from povid_kedro.modeling.train import _task_stream, cosine_lr, weighted_lm_loss
 
 from .conftest import PROMPT
 
@@ -118,11 +118,20 @@ def test_sample_mean_loss_weighs_every_row_equally(fresh, scenes):
         ]
         per_row.append(torch.stack(losses).mean())
     expected = torch.stack(per_row).mean()
-    assert sample_mean_loss(logits, labels).item() == pytest.approx(expected.item(), rel=1e-5)
+    sample = weighted_lm_loss(logits, labels, normalization="sample")
+    assert sample.item() == pytest.approx(expected.item(), rel=1e-5)
     with torch.no_grad():
         token_mean = model(**batch, labels=labels).loss
     # The short answer counts for half of the sample-mean loss but far less of the token mean.
     assert not torch.isclose(token_mean, expected)
+    assert weighted_lm_loss(logits, labels).item() == pytest.approx(token_mean.item(), rel=1e-5)
+    # Weight 3 on the short row: it counts as if its tokens were there three times.
+    weights = torch.tensor([1.0, 3.0])
+    n = (labels[:, 1:] != IGNORE_INDEX).sum(dim=1).float()
+    by_hand = (per_row[0] * n[0] + 3 * per_row[1] * n[1]) / (n[0] + 3 * n[1])
+    assert weighted_lm_loss(logits, labels, weights).item() == pytest.approx(
+        by_hand.item(), rel=1e-5
+    )
 
 
 def test_sample_normalised_training_runs(model_cfg, tokenizer, scenes):
@@ -136,3 +145,19 @@ def test_sample_normalised_training_runs(model_cfg, tokenizer, scenes):
     assert sum(result.losses[-5:]) < sum(result.losses[:5])
     with pytest.raises(ValueError, match="loss_normalization"):
         TrainConfig(loss_normalization="mean")
+
+
+def test_task_batch_fixes_each_steps_composition():
+    tasks = ["description"] * 10 + ["vqa"] * 30
+    stream = _task_stream(tasks, {"description": 4, "vqa": 2}, torch.Generator().manual_seed(0))
+    seen = []
+    for _ in range(5):
+        batch = next(stream)
+        assert [tasks[i] for i in batch] == ["description"] * 4 + ["vqa"] * 2
+        seen += batch[:4]
+    # Descriptions cycle through their own epochs: the first 8 draws are 8 distinct rows.
+    assert len(set(seen[:8])) == 8
+    with pytest.raises(ValueError, match="does not match"):
+        next(_task_stream(tasks, {"description": 4}, torch.Generator()))
+    with pytest.raises(ValueError, match="task_batch"):
+        TrainConfig(task_batch={"vqa": 0})

@@ -157,8 +157,13 @@ class TrainConfig:
     text_warmup_lr: float = 3e-3
     log_every: int = 100
     loss_normalization: str = "token"
+    task_batch: dict[str, int] | None = None
 
     def __post_init__(self) -> None:
+        if self.task_batch is not None and (
+            not self.task_batch or any(int(n) < 1 for n in self.task_batch.values())
+        ):
+            raise ValueError(f"task_batch needs a count >= 1 per task, got {self.task_batch}")
         if self.loss_normalization not in ("token", "sample"):
             raise ValueError(
                 f"loss_normalization must be 'token' or 'sample', got {self.loss_normalization!r}"

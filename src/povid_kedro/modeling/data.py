@@ -31,11 +31,15 @@ class SFTRow:
         prompt: The user's turn (``"<image>\\n..."`` or chat messages); ``None`` for text-only rows,
             where the whole ``answer`` is the training text.
         answer: The target text; the loss is computed on its tokens (and the end-of-sequence).
+        weight: Loss weight of the row's tokens (e.g. per task type; 1 is plain SFT).
+        task: The row's task type, for per-task batch composition (``TrainConfig.task_batch``).
     """
 
     image: Image.Image | None
     prompt: Prompt | None
     answer: str
+    weight: float = 1.0
+    task: str = ""
 
 
 @dataclass
@@ -47,12 +51,14 @@ class SFTFeatures:
         labels: Targets per row, ``-100`` on prompt tokens.
         image_index: Row → index into ``pixel_values``, ``-1`` for text-only rows.
         pixel_values: ``(n_images, 3, H, W)`` processed images.
+        weights: Loss weight per row.
     """
 
     input_ids: list[list[int]]
     labels: list[list[int]]
     image_index: list[int]
     pixel_values: torch.Tensor
+    weights: list[float] | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -172,7 +178,7 @@ def encode_rows(processor: Any, rows: Sequence[SFTRow], max_length: int) -> SFTF
         )
     else:
         pixel_values = torch.empty(0)
-    return SFTFeatures(input_ids, labels, image_index, pixel_values)
+    return SFTFeatures(input_ids, labels, image_index, pixel_values, [r.weight for r in rows])
 
 
 class SFTCollator:
@@ -200,6 +206,8 @@ class SFTCollator:
             labels[row, :n] = torch.tensor(f.labels[i])
             attention_mask[row, :n] = 1
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        if f.weights is not None and any(f.weights[i] != 1.0 for i in indices):
+            batch["loss_weights"] = torch.tensor([f.weights[i] for i in indices])
         # LLaVA scatters image features into the image-token positions in order, so a batch
         # mixing text-only rows and image rows passes the images of the image rows only.
         with_image = [f.image_index[i] for i in indices if f.image_index[i] >= 0]

@@ -72,25 +72,57 @@ def _index_stream(n: int, batch_size: int, generator: torch.Generator) -> Iterat
             yield order[start : start + batch_size]
 
 
-def sample_mean_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Causal-LM cross-entropy averaged over each row's answer tokens, then over rows.
+def weighted_lm_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    normalization: str = "token",
+) -> torch.Tensor:
+    """Causal-LM cross-entropy over answer tokens with per-row weights.
+
+    ``token``: ``Σ_r w_r Σ_t l_rt / Σ_r w_r n_r`` (with unit weights, Hugging Face's mean over
+    every answer token of the batch). ``sample``: ``Σ_r w_r mean_t(l_rt) / Σ_r w_r``, each row's
+    tokens averaged first.
 
     Args:
         logits: ``(batch, length, vocab)``.
         labels: ``(batch, length)``, ``-100`` where no loss is taken.
+        weights: ``(batch,)`` row weights; ``None`` is all ones.
+        normalization: ``token`` or ``sample``.
 
     Returns:
-        The scalar loss; rows without any labelled token are left out.
+        The scalar loss; rows without any labelled token count for nothing.
     """
     targets = labels[:, 1:]
     mask = targets != IGNORE_INDEX
     per_token = torch.nn.functional.cross_entropy(
         logits[:, :-1].float().transpose(1, 2), targets.clamp(min=0), reduction="none"
     )
-    counts = mask.sum(dim=1)
-    keep = counts > 0
-    per_row = (per_token * mask).sum(dim=1)[keep] / counts[keep]
-    return per_row.mean()
+    counts = mask.sum(dim=1).to(per_token.dtype)
+    sums = (per_token * mask).sum(dim=1)
+    w = torch.ones_like(counts) if weights is None else weights.to(per_token)
+    if normalization == "sample":
+        keep = counts > 0
+        return (w[keep] * sums[keep] / counts[keep]).sum() / w[keep].sum()
+    return (w * sums).sum() / (w * counts).sum().clamp(min=1e-8)
+
+
+def _task_stream(
+    tasks: Sequence[str], task_batch: dict[str, int], generator: torch.Generator
+) -> Iterator[list[int]]:
+    """Endless batches with ``task_batch[t]`` rows of each task ``t``, each task its own epochs."""
+    by_task: dict[str, list[int]] = {}
+    for i, task in enumerate(tasks):
+        by_task.setdefault(task, []).append(i)
+    missing = sorted(set(task_batch) - set(by_task))
+    extra = sorted(set(by_task) - set(task_batch))
+    if missing or extra:
+        raise ValueError(
+            f"task_batch {task_batch} does not match the rows' task types {sorted(by_task)}"
+        )
+    streams = {t: _index_stream(len(by_task[t]), n, generator) for t, n in task_batch.items()}
+    while True:
+        yield [by_task[t][j] for t in sorted(streams) for j in next(streams[t])]
 
 
 def _optimizer(model: torch.nn.Module, cfg: TrainConfig, lr: float) -> torch.optim.AdamW:
@@ -111,6 +143,7 @@ def _run_phase(
     model: torch.nn.Module,
     collator: SFTCollator,
     n_rows: int,
+    tasks: Sequence[str] | None,
     *,
     phase: str,
     steps: int,
@@ -122,7 +155,10 @@ def _run_phase(
 ) -> tuple[list[float], list[float]]:
     optimizer = _optimizer(model, cfg, peak_lr)
     warmup = round(cfg.warmup_ratio * steps)
-    stream = _index_stream(n_rows, cfg.batch_size, generator)
+    if tasks is not None and cfg.task_batch:
+        stream = _task_stream(tasks, cfg.task_batch, generator)
+    else:
+        stream = _index_stream(n_rows, cfg.batch_size, generator)
     losses: list[float] = []
     lrs: list[float] = []
     model.train()
@@ -133,9 +169,10 @@ def _run_phase(
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = collator(next(stream))
-        if cfg.loss_normalization == "sample":
+        weights = batch.pop("loss_weights", None)
+        if cfg.loss_normalization == "sample" or weights is not None:
             labels = batch.pop("labels")
-            loss = sample_mean_loss(model(**batch).logits, labels)
+            loss = weighted_lm_loss(model(**batch).logits, labels, weights, cfg.loss_normalization)
         else:
             loss = model(**batch).loss
         optimizer.zero_grad(set_to_none=True)
@@ -199,6 +236,7 @@ def train_sft(
                 model,
                 SFTCollator(text_features, pad_id),
                 len(text_features),
+                None,
                 phase="text_warmup",
                 steps=cfg.text_warmup_steps,
                 peak_lr=cfg.text_warmup_lr,
@@ -219,6 +257,7 @@ def train_sft(
                 model,
                 SFTCollator(features, pad_id),
                 len(features),
+                [row.task for row in rows],
                 phase="sft",
                 steps=cfg.steps,
                 peak_lr=cfg.lr,

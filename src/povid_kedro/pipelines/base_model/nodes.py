@@ -56,6 +56,7 @@ def build_base_model_node(
         model=base_params["model"],
         train=base_params["train"],
         extra_texts=[evaluate_params["description_prompt"], evaluate_params["pope_template"]],
+        task_weights=base_params.get("task_weights"),
     )
     every = int(base_params["train"].get("log_every", 100))
     return (model, processor), loss_history(result, every), loss_figure(result)
