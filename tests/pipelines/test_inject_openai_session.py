@@ -36,8 +36,11 @@ def test_openai_injector_through_kedro(project, monkeypatch, caplog):
         first = len(server.requests)
         pairs = pd.read_parquet(project / "data/04_feature/preference_pairs.parquet")
         failures = pd.read_csv(project / "data/04_feature/injection_failures.csv")
+        # Every description and reasoning row becomes a pair or a failure (VQA rows are not sent).
         truth = sum(
-            len(pd.read_parquet(project / f"data/03_primary/ground_truth_{s}.parquet"))
+            pd.read_parquet(project / f"data/03_primary/ground_truth_{s}.parquet")["task_type"]
+            .isin(["description", "reasoning"])
+            .sum()
             for s in ("train", "eval")
         )
         assert len(pairs) + len(failures) == truth

@@ -54,6 +54,8 @@ class MlflowRegistryDataset(AbstractDataset[Any, dict[str, Any] | None]):
     def save(self, data: Any) -> None:
         client = MlflowClient()
         if isinstance(data, dict):
+            if data.get("version") is None:  # a gate that promoted nothing: alias unchanged
+                return
             version = str(data["version"])
             client.set_registered_model_alias(self._model_name, self._alias, version)
             for key, value in data.get("tags", {}).items():

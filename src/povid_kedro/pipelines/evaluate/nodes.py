@@ -184,20 +184,27 @@ def to_mlflow_metrics(row: dict[str, float]) -> dict[str, dict[str, float]]:
 
 def champion_gate_node(
     stage2_summary: dict[str, float],
+    base_summary: dict[str, float],
     candidate: dict[str, Any] | None,
     champion: dict[str, Any] | None,
     params: dict[str, Any],
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Move ``champion`` to the stage-2 candidate only if it passes the gate.
 
+    With no champion yet, the candidate is held to the base model it was trained from
+    (``gate.first_against_base``), so a run that made things worse names no champion.
+
     Args:
         stage2_summary: The stage-2 model's headline metrics.
+        base_summary: The base model's, from the same evaluation.
         candidate: The registry's ``candidate`` version (``version``, ``tags``).
         champion: The current ``champion`` version, or ``None``.
-        params: The ``evaluate`` parameters (``gate.max_pope_f1_drop``).
+        params: The ``evaluate`` parameters (``gate.max_pope_f1_drop``,
+            ``gate.first_against_base``).
 
     Returns:
-        The alias update for the registry, and the decision with its reason (for the report).
+        The alias update for the registry (``version`` ``None``: no alias moves), and the
+        decision with its reason (for the report).
     """
     if candidate is None:
         raise ValueError(
@@ -216,21 +223,21 @@ def champion_gate_node(
             ),
         )
     else:
+        gate = params["gate"]
+        base = {k: base_summary[k] for k in ("chair_s", "pope_f1_mean")}
         promote, reason = champion_decision(
-            metrics, champion_metrics, max_pope_f1_drop=params["gate"]["max_pope_f1_drop"]
+            metrics,
+            champion_metrics,
+            max_pope_f1_drop=gate["max_pope_f1_drop"],
+            base=base if gate.get("first_against_base", True) else None,
         )
     logger.info("champion gate: %s (%s)", "promote" if promote else "keep", reason)
-    kept = champion or candidate
-    update = (
-        {"version": candidate["version"], "tags": metrics}
-        if promote
-        else {"version": kept["version"], "tags": {}}
-    )
+    update = {"version": candidate["version"] if promote else None, "tags": metrics}
     decision = {
         "promoted": promote,
         "reason": reason,
         "candidate_version": candidate["version"],
-        "champion_version": candidate["version"] if promote else kept["version"],
+        "champion_version": candidate["version"] if promote else (champion or {}).get("version"),
         "candidate_metrics": metrics,
         "previous_champion_metrics": champion_metrics,
     }

@@ -88,7 +88,13 @@ def create_pipeline(**kwargs) -> Pipeline:
     ]
     gate = Node(
         func=champion_gate_node,
-        inputs=["stage2.summary", "stage2_candidate", "champion", "params:evaluate"],
+        inputs=[
+            "stage2.summary",
+            "base.summary",
+            "stage2_candidate",
+            "champion",
+            "params:evaluate",
+        ],
         outputs=["champion_update", "gate_decision"],
         name="champion_gate_node",
     )
