@@ -193,20 +193,25 @@ def _povid(model, processor, frame, load_image, args, stage: str, **extra: Any) 
     encoded = encode_pairs(processor, frame, cfg.max_length, with_noisy_rejected=True)
     bank = ImageBank(processor, load_image, noise=noise)
     collator = PairCollator(encoded, bank, processor.tokenizer.pad_token_id, branches)
-    trainer = POVIDTrainer(
-        copy.deepcopy(model),
-        dpo_args(cfg, os.path.join(SCRATCH, "povid")),
-        processor,
-        Dataset.from_dict({"pair": list(range(len(encoded)))}),
-        collator,
-        cfg,
-        peft_config=_lora_config(cfg),
-    )
+    trainer = _trainer(model, processor, cfg, collator, "povid")
     if cfg.cache_reference:
         trainer.cache_reference(cfg.reference_batch_size)
     batch = collator(list(range(args.batch)))
     compute = _compute_time(trainer, batch, args.warmup, args.steps)
     return {"step": step, "compute": compute, "cache": report.reference_seconds}
+
+
+def _trainer(model, processor, cfg, collator: PairCollator, name: str) -> POVIDTrainer:
+    """A POVIDTrainer with LoRA on a copy of ``model`` over every pair of ``collator``."""
+    return POVIDTrainer(
+        copy.deepcopy(model),
+        dpo_args(cfg, os.path.join(SCRATCH, name)),
+        processor,
+        Dataset.from_dict({"pair": list(range(len(collator.pairs)))}),
+        collator,
+        cfg,
+        peft_config=_lora_config(cfg),
+    )
 
 
 def _official_style(model, processor, frame, load_image, args) -> dict:
@@ -215,15 +220,7 @@ def _official_style(model, processor, frame, load_image, args) -> dict:
     encoded = encode_pairs(processor, frame, cfg.max_length)
     bank = ImageBank(processor, load_image, noise=NOISE)
     collator = PairCollator(encoded, bank, processor.tokenizer.pad_token_id, "teacher_forced")
-    trainer = POVIDTrainer(
-        copy.deepcopy(model),
-        dpo_args(cfg, os.path.join(SCRATCH, "official")),
-        processor,
-        Dataset.from_dict({"pair": list(range(len(encoded)))}),
-        collator,
-        cfg,
-        peft_config=_lora_config(cfg),
-    )
+    trainer = _trainer(model, processor, cfg, collator, "official")
     trainer.create_optimizer()
     policy = trainer.model
     samples = [trainer._prepare_inputs(collator([i])) for i in range(args.batch)]

@@ -65,6 +65,7 @@ logger = logging.getLogger("tune_base_model")
 
 PARAMS = Path(__file__).resolve().parents[1] / "conf/base/parameters_embedded_world.yml"
 EVAL_PROMPT = "<image>\nDescribe the following image in detail."
+POPE_TEMPLATE = "<image>\n{question}\nAnswer the question using a single word or phrase."
 
 
 def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -231,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--pope-template",
-        default="<image>\n{question}\nAnswer the question using a single word or phrase.",
+        default=POPE_TEMPLATE,
         help="how POPE questions are asked ('' skips POPE)",
     )
     parser.add_argument("--max-new-tokens", type=int, default=160)

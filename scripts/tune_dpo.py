@@ -29,7 +29,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
-from tune_base_model import EVAL_PROMPT, deep_merge, evaluate, pope_scores  # noqa: E402
+from tune_base_model import EVAL_PROMPT, POPE_TEMPLATE, deep_merge, evaluate, pope_scores  # noqa: E402
 
 from povid_kedro.images import ImageFolder  # noqa: E402
 from povid_kedro.modeling import generate, load_model_dir  # noqa: E402
@@ -39,7 +39,6 @@ from povid_kedro.world import WorldConfig, generate_world  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf" / "base"
-POPE_TEMPLATE = "<image>\n{question}\nAnswer the question using a single word or phrase."
 KEYS = ("CHAIRs", "CHAIRi", "Recall", "objects_per_image", "cooccurrence_ratio")
 
 
