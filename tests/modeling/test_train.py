@@ -13,7 +13,12 @@ from povid_kedro.modeling import (
     train_sft,
 )
 from povid_kedro.modeling.data import IGNORE_INDEX, SFTCollator, encode_rows
-from povid_kedro.modeling.train import _task_stream, cosine_lr, weighted_lm_loss
+from povid_kedro.modeling.train import (
+    _task_stream,
+    accumulate_step,
+    cosine_lr,
+    weighted_lm_loss,
+)
 
 from .conftest import PROMPT
 
@@ -161,3 +166,30 @@ def test_task_batch_fixes_each_steps_composition():
         next(_task_stream(tasks, {"description": 4}, torch.Generator()))
     with pytest.raises(ValueError, match="task_batch"):
         TrainConfig(task_batch={"vqa": 0})
+
+
+@pytest.mark.parametrize("normalization", ["token", "sample"])
+def test_a_step_split_by_task_has_the_loss_and_gradient_of_the_whole_batch(
+    fresh, scenes, normalization
+):
+    model, processor = fresh
+    rows = [SFTRow(image, PROMPT, caption) for image, caption in scenes[:3]]
+    rows += [SFTRow(image, PROMPT, "Yes", weight=4.0, task="vqa") for image, _ in scenes[3:5]]
+    collate = SFTCollator(encode_rows(processor, rows, max_length=96), 0)
+
+    def grads():
+        out = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        model.zero_grad(set_to_none=True)
+        return out
+
+    batch = collate([0, 1, 2, 3, 4])
+    labels, weights = batch.pop("labels"), batch.pop("loss_weights")
+    whole = weighted_lm_loss(model(**batch).logits, labels, weights, normalization)
+    whole.backward()
+    expected = grads()
+    loss = accumulate_step(model, [collate([0, 1, 2]), collate([3, 4])], normalization)
+    got = grads()
+    assert loss == pytest.approx(whole.item(), rel=1e-5)
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)

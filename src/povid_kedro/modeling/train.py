@@ -72,6 +72,42 @@ def _index_stream(n: int, batch_size: int, generator: torch.Generator) -> Iterat
             yield order[start : start + batch_size]
 
 
+def answer_mask(labels: torch.Tensor) -> torch.Tensor:
+    """``(batch, length)`` bool: the positions whose next token is a target (the logits a loss needs)."""
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    return keep
+
+
+def _loss_denominator(
+    labels: torch.Tensor, weights: torch.Tensor | None, normalization: str
+) -> torch.Tensor:
+    counts = (labels[:, 1:] != IGNORE_INDEX).sum(dim=1).float()
+    w = torch.ones_like(counts) if weights is None else weights.float()
+    if normalization == "sample":
+        return w[counts > 0].sum()
+    return (w * counts).sum()
+
+
+def _loss_numerator(
+    kept_logits: torch.Tensor,
+    labels: torch.Tensor,
+    weights: torch.Tensor | None,
+    normalization: str,
+) -> torch.Tensor:
+    """Weighted sum of the answer tokens' losses; ``kept_logits`` are the logits at
+    ``answer_mask(labels)``, row-major (``(n_targets, vocab)``)."""
+    mask = labels[:, 1:] != IGNORE_INDEX
+    per_token = torch.nn.functional.cross_entropy(
+        kept_logits.float(), labels[:, 1:][mask], reduction="none"
+    )
+    rows = mask.nonzero()[:, 0]
+    w = torch.ones(labels.shape[0]) if weights is None else weights.float()
+    if normalization == "sample":
+        w = w / mask.sum(dim=1).clamp(min=1)
+    return (per_token * w[rows]).sum()
+
+
 def weighted_lm_loss(
     logits: torch.Tensor,
     labels: torch.Tensor,
@@ -93,18 +129,42 @@ def weighted_lm_loss(
     Returns:
         The scalar loss; rows without any labelled token count for nothing.
     """
-    targets = labels[:, 1:]
-    mask = targets != IGNORE_INDEX
-    per_token = torch.nn.functional.cross_entropy(
-        logits[:, :-1].float().transpose(1, 2), targets.clamp(min=0), reduction="none"
-    )
-    counts = mask.sum(dim=1).to(per_token.dtype)
-    sums = (per_token * mask).sum(dim=1)
-    w = torch.ones_like(counts) if weights is None else weights.to(per_token)
-    if normalization == "sample":
-        keep = counts > 0
-        return (w[keep] * sums[keep] / counts[keep]).sum() / w[keep].sum()
-    return (w * sums).sum() / (w * counts).sum().clamp(min=1e-8)
+    numerator = _loss_numerator(logits[answer_mask(labels)], labels, weights, normalization)
+    return numerator / _loss_denominator(labels, weights, normalization).clamp(min=1e-8)
+
+
+def accumulate_step(
+    model: Any, batches: Sequence[dict[str, torch.Tensor]], normalization: str = "token"
+) -> float:
+    """Forward and backward one optimiser step given as micro-batches; returns its loss.
+
+    The loss is :func:`weighted_lm_loss` of all the micro-batches' rows taken together (one
+    denominator for the step), so how a step is split changes the padding, not the maths. Logits
+    are computed only where a target follows: the language-model head over the whole sequence
+    (image and prompt tokens included) was about a third of the tiny model's matmuls.
+
+    Args:
+        model: A Hugging Face causal (vision-)language model: ``model.base_model`` gives the
+            hidden states, ``model.get_output_embeddings()`` is the head.
+        batches: Collated micro-batches (``labels`` and optional ``loss_weights`` included);
+            consumed.
+        normalization: ``token`` or ``sample``, as in :func:`weighted_lm_loss`.
+
+    Returns:
+        The step's loss (gradients are left in the parameters).
+    """
+    parts = [(b.pop("labels"), b.pop("loss_weights", None), b) for b in batches]
+    denominator = sum(_loss_denominator(lab, w, normalization) for lab, w, _ in parts)
+    denominator = torch.as_tensor(denominator).clamp(min=1e-8)
+    head = model.get_output_embeddings()
+    total = 0.0
+    for labels, weights, inputs in parts:
+        hidden = model.base_model(**inputs).last_hidden_state
+        logits = head(hidden[answer_mask(labels)])
+        numerator = _loss_numerator(logits, labels, weights, normalization)
+        (numerator / denominator).backward()
+        total += float(numerator.detach())
+    return total / float(denominator)
 
 
 def _task_stream(
@@ -123,6 +183,17 @@ def _task_stream(
     streams = {t: _index_stream(len(by_task[t]), n, generator) for t, n in task_batch.items()}
     while True:
         yield [by_task[t][j] for t in sorted(streams) for j in next(streams[t])]
+
+
+def _by_task(indices: list[int], tasks: Sequence[str] | None) -> list[list[int]]:
+    """Split a step's rows by task type (first-seen order), so that each task is padded on its
+    own: a one-word VQA row padded to the longest description is mostly padding."""
+    if tasks is None:
+        return [indices]
+    groups: dict[str, list[int]] = {}
+    for i in indices:
+        groups.setdefault(tasks[i], []).append(i)
+    return list(groups.values())
 
 
 def _optimizer(model: torch.nn.Module, cfg: TrainConfig, lr: float) -> torch.optim.AdamW:
@@ -168,19 +239,14 @@ def _run_phase(
         lr = cosine_lr(step, steps, peak_lr, warmup, cfg.min_lr_ratio)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batch = collator(next(stream))
-        weights = batch.pop("loss_weights", None)
-        if cfg.loss_normalization == "sample" or weights is not None:
-            labels = batch.pop("labels")
-            loss = weighted_lm_loss(model(**batch).logits, labels, weights, cfg.loss_normalization)
-        else:
-            loss = model(**batch).loss
+        indices = next(stream)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        value = accumulate_step(
+            model, [collator(group) for group in _by_task(indices, tasks)], cfg.loss_normalization
+        )
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
-        value = float(loss.detach())
         losses.append(value)
         lrs.append(lr)
         running = value if running is None else 0.95 * running + 0.05 * value
