@@ -235,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
         default=POPE_TEMPLATE,
         help="how POPE questions are asked ('' skips POPE)",
     )
+    parser.add_argument(
+        "--pack-turns", action="store_true", help="one sequence per multi-turn record"
+    )
     parser.add_argument("--max-new-tokens", type=int, default=160)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, help="write the results JSON here")
@@ -265,7 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     task_weights = json.loads(args.task_weights)
     rows = []
     for task in tasks:
-        for row in rows_from_llava_instruct(world.instructions[task], world.train_images):
+        for row in rows_from_llava_instruct(
+            world.instructions[task], world.train_images, pack_turns=args.pack_turns
+        ):
             row.weight = float(task_weights.get(task, 1.0))
             row.task = task
             rows.append(row)
@@ -309,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         "train": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(train_cfg).items()},
         "tasks": tasks,
         "task_weights": task_weights,
+        "pack_turns": args.pack_turns,
         "n_train_rows": len(rows),
         "n_params": sum(p.numel() for p in model.parameters()),
         "vocab": len(tokenizer),

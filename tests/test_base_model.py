@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from povid_kedro.base_model import train_scratch_model
+from povid_kedro.base_model import _conversations, train_scratch_model
 
 
 def _table() -> pd.DataFrame:
@@ -49,3 +49,22 @@ def test_tasks_without_rows_are_an_error():
             model={},
             train={},
         )
+
+
+def test_packing_groups_the_turns_of_each_ingested_record():
+    table = pd.DataFrame(
+        {
+            "id": ["vqa_1_1", "vqa_1_0", "vqa_2_0", "detail_1", "vqa_3_0"],
+            "image": ["a.png", "a.png", "b.png", "a.png", "a.png"],
+            "task_type": ["vqa", "vqa", "vqa", "description", "vqa"],
+            "source": ["vqa", "vqa", "vqa", "detail", "vqa"],
+            "turn": [1, 0, 0, 0, 0],
+            "prompt": ["<image>\nQ2", "<image>\nQ1", "<image>\nQ", "<image>\nD", "<image>\nQ3"],
+            "answer": ["No", "Yes", "Yes", "A cup.", "No"],
+        }
+    )
+    packed = [[t.id for t in turns] for turns in _conversations(table, pack=True)]
+    assert packed == [["vqa_1_0", "vqa_1_1"], ["vqa_2_0"], ["detail_1"], ["vqa_3_0"]]
+    assert [[t.id for t in turns] for turns in _conversations(table, pack=False)] == [
+        [i] for i in table["id"]
+    ]

@@ -36,6 +36,7 @@ def train_scratch_model(
     train: Mapping[str, Any],
     extra_texts: Sequence[str] = (),
     task_weights: Mapping[str, float] | None = None,
+    pack_turns: bool = False,
 ) -> tuple[Any, Any, TrainResult]:
     """Train a tokenizer and a tiny LLaVA on ground-truth rows.
 
@@ -51,6 +52,8 @@ def train_scratch_model(
         extra_texts: More text for the tokenizer (e.g. evaluation prompts), not trained on.
         task_weights: Loss weight of each task type's rows (default 1): a one-word VQA answer
             has one informative token against a description's dozens.
+        pack_turns: Train the turns of a multi-turn record as one sequence (LLaVA's way, the
+            image tokens paid once) instead of one sequence per turn.
 
     Returns:
         ``(model, processor, result)``.
@@ -74,13 +77,14 @@ def train_scratch_model(
     net, processor = build_model_and_processor(ModelConfig.from_dict(dict(model)), tok)
     sft_rows = [
         SFTRow(
-            image=images[r.image],
-            prompt=r.prompt,
-            answer=r.answer,
-            weight=float(weights.get(r.task_type, 1.0)),
-            task=r.task_type,
+            image=images[turns[-1].image],
+            prompt=turns[-1].prompt,
+            answer=turns[-1].answer,
+            weight=float(weights.get(turns[-1].task_type, 1.0)),
+            task=turns[-1].task_type,
+            history=[(t.prompt, t.answer) for t in turns[:-1]],
         )
-        for r in rows.itertuples(index=False)
+        for turns in _conversations(rows, pack_turns)
     ]
     warmup = rows.loc[rows["task_type"] == "description", "answer"].tolist()
     result = train_sft(
@@ -91,13 +95,30 @@ def train_scratch_model(
         text_rows=warmup if text_warmup else None,
     )
     logger.info(
-        "base model trained on %d rows (%d images) in %.0f s, final loss %.3f",
+        "base model trained on %d rows as %d sequences (%d images) in %.0f s, final loss %.3f",
+        len(rows),
         len(sft_rows),
         len(images),
         result.seconds,
         sum(result.losses[-50:]) / max(1, len(result.losses[-50:])),
     )
     return net, processor, result
+
+
+def _conversations(rows: pd.DataFrame, pack: bool) -> list[list[Any]]:
+    """Rows as conversations: each row alone, or (``pack``) the turns of each record in order.
+
+    Ingest names turn ``t`` of a multi-turn record ``<record id>_<t>``; a record's turns share
+    its image, task type and source.
+    """
+    if not pack:
+        return [[r] for r in rows.itertuples(index=False)]
+    records: dict[tuple[str, ...], list[Any]] = {}
+    for r in rows.itertuples(index=False):
+        record = r.id.removesuffix(f"_{r.turn}")
+        records.setdefault((r.source, r.image, r.task_type, record), []).append(r)
+    # A sampled table may hold some of a record's turns only: they are packed in turn order.
+    return [sorted(turns, key=lambda t: t.turn) for turns in records.values()]
 
 
 def loss_history(result: TrainResult, every: int) -> dict[str, list[dict[str, float]]]:

@@ -103,6 +103,9 @@ def test_rows_from_llava_instruct(scenes):
         ("<image>\nAny shape?", "A circle."),
     ]
     assert all(r.image is image for r in rows)
+    (packed,) = rows_from_llava_instruct([record], {"a.png": image}, pack_turns=True)
+    assert packed.history == [("<image>\nWhat colour is it?", "Red.")]
+    assert (packed.prompt, packed.answer, packed.image) == ("Any shape?", "A circle.", image)
 
 
 def test_sample_mean_loss_weighs_every_row_equally(fresh, scenes):
@@ -193,3 +196,47 @@ def test_a_step_split_by_task_has_the_loss_and_gradient_of_the_whole_batch(
     assert len(got) == len(expected)
     for g, e in zip(got, expected, strict=True):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)
+
+
+def test_a_packed_conversation_trains_every_answer_with_the_image_once(fresh, scenes):
+    _, processor = fresh
+    image = scenes[0][0]
+    row = SFTRow(image, "What colour is it?", "Red.", history=[(PROMPT, "A circle.")])
+    features = encode_rows(processor, [row], max_length=200)
+    ids, labels = features.input_ids[0], features.labels[0]
+    tokenizer = processor.tokenizer
+    text = tokenizer.decode(ids).replace(processor.image_token, "")
+    assert text == (
+        "<s>USER: \nDescribe the image. ASSISTANT: A circle.</s>"
+        "USER: What colour is it? ASSISTANT: Red.</s>"
+    )
+    trained = [t if lab != IGNORE_INDEX else None for t, lab in zip(ids, labels, strict=True)]
+    spans, current = [], []
+    for t in trained:
+        if t is None and current:
+            spans.append(tokenizer.decode(current))
+            current = []
+        elif t is not None:
+            current.append(t)
+    spans.append(tokenizer.decode(current))
+    assert spans == [" A circle.</s>", " Red.</s>"]
+    # The unpacked rows pay for the image twice.
+    unpacked = rows_from_llava_instruct(
+        [
+            {
+                "image": "a.png",
+                "conversations": [
+                    {"from": "human", "value": PROMPT},
+                    {"from": "gpt", "value": "A circle."},
+                    {"from": "human", "value": "What colour is it?"},
+                    {"from": "gpt", "value": "Red."},
+                ],
+            }
+        ],
+        {"a.png": image},
+    )
+    n_image = sum(
+        f.count(processor.image_token_id)
+        for f in encode_rows(processor, unpacked, max_length=200).input_ids
+    )
+    assert n_image == 2 * ids.count(processor.image_token_id) > 0

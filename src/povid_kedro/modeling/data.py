@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from povid_kedro.modeling.generate import Prompt, render_prompt, to_messages
+from povid_kedro.modeling.generate import Message, Prompt, to_messages
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,10 @@ class SFTRow:
         answer: The target text; the loss is computed on its tokens (and the end-of-sequence).
         weight: Loss weight of the row's tokens (e.g. per task type; 1 is plain SFT).
         task: The row's task type, for per-task batch composition (``TrainConfig.task_batch``).
+        history: Earlier ``(question, answer)`` turns of the same conversation, before
+            ``prompt`` (which then carries the image placeholder in its first question); they
+            are trained in the same sequence, every answer a target, as LLaVA trains multi-turn
+            conversations: the image tokens are paid once instead of once per turn.
     """
 
     image: Image.Image | None
@@ -40,6 +44,7 @@ class SFTRow:
     answer: str
     weight: float = 1.0
     task: str = ""
+    history: Sequence[tuple[str, str]] = ()
 
 
 @dataclass
@@ -68,16 +73,17 @@ def rows_from_llava_instruct(
     records: Iterable[Mapping[str, Any]],
     images: Mapping[str, Image.Image],
     image_token: str = "<image>",
+    pack_turns: bool = False,
 ) -> list[SFTRow]:
-    """Turn LLaVA-Instruct records into SFT rows, one per (human, gpt) turn.
-
-    Later turns of a multi-turn conversation get the image placeholder too, so that every row is
-    trained with its image (as the ingest pipeline does).
+    """Turn LLaVA-Instruct records into SFT rows.
 
     Args:
         records: ``{id, image, conversations: [{from: human, value}, {from: gpt, value}, ...]}``.
         images: Image file name → image.
         image_token: The placeholder in human turns.
+        pack_turns: One row per record, its earlier turns in ``SFTRow.history`` (LLaVA's
+            multi-turn sequence); otherwise one row per (human, gpt) turn, later turns given the
+            image placeholder too so that every row is trained with its image (as ingest does).
 
     Returns:
         The rows, in record order.
@@ -89,11 +95,14 @@ def rows_from_llava_instruct(
     for record in records:
         image = images[record["image"]]
         turns = record["conversations"]
-        for human, gpt in zip(turns[0::2], turns[1::2], strict=False):
-            prompt = human["value"]
-            if image_token not in prompt:
-                prompt = f"{image_token}\n{prompt}"
-            rows.append(SFTRow(image=image, prompt=prompt, answer=gpt["value"]))
+        pairs = [(h["value"], g["value"]) for h, g in zip(turns[0::2], turns[1::2], strict=False)]
+        if pack_turns:
+            *history, (prompt, answer) = pairs
+            rows.append(SFTRow(image=image, prompt=prompt, answer=answer, history=history))
+            continue
+        for question, answer in pairs:
+            prompt = question if image_token in question else f"{image_token}\n{question}"
+            rows.append(SFTRow(image=image, prompt=prompt, answer=answer))
     return rows
 
 
@@ -101,6 +110,38 @@ def _num_image_tokens(processor: Any, image: Image.Image) -> int:
     """How many placeholder tokens the processor expands one ``<image>`` into for this image."""
     out = processor(text=[processor.image_token], images=[image], add_special_tokens=False)
     return sum(1 for t in out["input_ids"][0] if t == processor.image_token_id)
+
+
+def _segments(processor: Any, row: SFTRow) -> list[tuple[str, bool]]:
+    """The row's text as ``(piece, trained)`` pieces: prompts untrained, answers (with the
+    template's end of turn) trained; text-only rows are one trained piece after the BOS."""
+    tokenizer = processor.tokenizer
+    if row.prompt is None:
+        return [(tokenizer.bos_token or "", False), (row.answer + tokenizer.eos_token, True)]
+    image_token = processor.image_token
+    turns = [*row.history, (row.prompt, row.answer)]
+    messages: list[Message] = []
+    pieces: list[tuple[str, bool]] = []
+    rendered = ""
+    for i, (question, answer) in enumerate(turns):
+        if i == 0:
+            messages += to_messages(question, image_token)
+        else:
+            text = question.replace(image_token, "").strip()
+            messages.append({"role": "user", "content": [{"type": "text", "text": text}]})
+        prompt_text = processor.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False
+        )
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+        full_text = processor.apply_chat_template(messages, tokenize=False)
+        if not (prompt_text.startswith(rendered) and full_text.startswith(prompt_text)):
+            raise ValueError(
+                "the chat template does not render each turn as a prefix of the full "
+                f"conversation: {prompt_text!r} vs {full_text!r}"
+            )
+        pieces += [(prompt_text[len(rendered) :], False), (full_text[len(prompt_text) :], True)]
+        rendered = full_text
+    return pieces
 
 
 def encode_rows(processor: Any, rows: Sequence[SFTRow], max_length: int) -> SFTFeatures:
@@ -133,35 +174,33 @@ def encode_rows(processor: Any, rows: Sequence[SFTRow], max_length: int) -> SFTF
     labels: list[list[int]] = []
     image_index: list[int] = []
     n_cut = 0
+    # Rows repeat (one-word VQA answers to the same questions): render and tokenize each once.
+    cache: dict[tuple[Any, ...], tuple[list[int], list[int]]] = {}
     for row in rows:
-        if row.prompt is None:
-            prompt_text = tokenizer.bos_token or ""
-            full_text = prompt_text + row.answer + tokenizer.eos_token
-        else:
-            prompt_text = render_prompt(processor, row.prompt)
-            messages = to_messages(row.prompt, image_token) + [
-                {"role": "assistant", "content": [{"type": "text", "text": row.answer}]}
-            ]
-            full_text = processor.apply_chat_template(messages, tokenize=False)
-            if not full_text.startswith(prompt_text):
-                raise ValueError(
-                    "the chat template does not render the prompt as a prefix of the full "
-                    f"conversation: {prompt_text!r} vs {full_text!r}"
-                )
-        answer_text = full_text[len(prompt_text) :]
-        prompt_ids = tokenizer(
-            prompt_text.replace(image_token, expanded), add_special_tokens=False
-        )["input_ids"]
-        answer_ids = tokenizer(answer_text, add_special_tokens=False)["input_ids"]
-        if len(prompt_ids) >= max_length:
+        key = (
+            row.prompt if isinstance(row.prompt, str | None) else repr(row.prompt),
+            row.answer,
+            tuple(row.history),
+        )
+        if key not in cache:
+            ids: list[int] = []
+            targets: list[int] = []
+            for text, trained in _segments(processor, row):
+                piece = tokenizer(text.replace(image_token, expanded), add_special_tokens=False)
+                piece_ids = piece["input_ids"]
+                ids += piece_ids
+                targets += piece_ids if trained else [IGNORE_INDEX] * len(piece_ids)
+            cache[key] = (ids, targets)
+        ids, targets = cache[key]
+        n_prompt = next((i for i, t in enumerate(targets) if t != IGNORE_INDEX), len(targets))
+        if n_prompt >= max_length:
             raise ValueError(
-                f"a prompt is {len(prompt_ids)} tokens (image tokens included), not below "
+                f"a prompt is {n_prompt} tokens (image tokens included), not below "
                 f"max_length={max_length}; raise max_length"
             )
-        ids = (prompt_ids + answer_ids)[:max_length]
-        n_cut += len(prompt_ids) + len(answer_ids) > max_length
-        input_ids.append(ids)
-        labels.append(([IGNORE_INDEX] * len(prompt_ids) + answer_ids)[:max_length])
+        n_cut += len(ids) > max_length
+        input_ids.append(ids[:max_length])
+        labels.append(targets[:max_length])
         image_index.append(image_ids[id(row.image)] if row.image is not None else -1)
     if n_cut:
         logger.warning("%d of %d rows were cut to max_length=%d", n_cut, len(rows), max_length)

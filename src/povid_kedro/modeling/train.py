@@ -73,7 +73,7 @@ def _index_stream(n: int, batch_size: int, generator: torch.Generator) -> Iterat
 
 
 def answer_mask(labels: torch.Tensor) -> torch.Tensor:
-    """``(batch, length)`` bool: the positions whose next token is a target (the logits a loss needs)."""
+    """``(batch, length)`` bool: positions whose next token is a target (logits needed there)."""
     keep = torch.zeros_like(labels, dtype=torch.bool)
     keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
     return keep

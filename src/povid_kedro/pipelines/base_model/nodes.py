@@ -57,6 +57,7 @@ def build_base_model_node(
         train=base_params["train"],
         extra_texts=[evaluate_params["description_prompt"], evaluate_params["pope_template"]],
         task_weights=base_params.get("task_weights"),
+        pack_turns=bool(base_params.get("pack_turns", False)),
     )
     every = int(base_params["train"].get("log_every", 100))
     return (model, processor), loss_history(result, every), loss_figure(result)
