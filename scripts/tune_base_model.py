@@ -36,6 +36,7 @@ import logging
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -211,6 +212,7 @@ def pope_scores(world: Any, model: Any, processor: Any, template: str) -> dict[s
             ],
         )
         out[split] = {k: round(float(result[k]), 4) for k in ("accuracy", "f1", "yes_ratio")}
+        out[split]["top_answers"] = Counter(texts).most_common(3)
     return out
 
 
@@ -322,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
         "train_seconds": round(result.seconds, 1),
         "generate_seconds": round(generate_seconds, 1),
         "final_loss": sum(result.losses[-50:]) / max(1, len(result.losses[-50:])),
+        "final_task_loss": {
+            task: round(sum(v[-50:]) / len(v[-50:]), 4) for task, v in result.task_losses.items()
+        },
         "metrics": metrics,
         "samples": [
             {"file": f, "answer": a}

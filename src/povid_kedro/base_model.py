@@ -133,6 +133,8 @@ def loss_history(result: TrainResult, every: int) -> dict[str, list[dict[str, fl
         ]
 
     history = {"sft_loss": windows(result.losses)}
+    for task, values in sorted(result.task_losses.items()):
+        history[f"sft_loss_{task}"] = windows(values)
     if result.text_losses:
         history["text_warmup_loss"] = windows(result.text_losses)
     history["train_seconds"] = [{"step": 0, "value": result.seconds}]
@@ -147,6 +149,9 @@ def loss_figure(result: TrainResult) -> Figure:
         ax.plot(result.text_losses, label="text warm-up", alpha=0.7)
     offset = len(result.text_losses)
     ax.plot(range(offset, offset + len(result.losses)), result.losses, label="image SFT")
+    if len(result.task_losses) > 1:
+        for task, values in sorted(result.task_losses.items()):
+            ax.plot(range(offset, offset + len(values)), values, label=task, lw=0.6, alpha=0.6)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_yscale("log")

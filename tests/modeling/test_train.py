@@ -190,9 +190,15 @@ def test_a_step_split_by_task_has_the_loss_and_gradient_of_the_whole_batch(
     whole = weighted_lm_loss(model(**batch).logits, labels, weights, normalization)
     whole.backward()
     expected = grads()
-    loss = accumulate_step(model, [collate([0, 1, 2]), collate([3, 4])], normalization)
+    loss, own = accumulate_step(model, [collate([0, 1, 2]), collate([3, 4])], normalization)
     got = grads()
     assert loss == pytest.approx(whole.item(), rel=1e-5)
+    # Each micro-batch's own loss is that of its rows alone (e.g. a task's curve in MLflow).
+    short = collate([3, 4])
+    labels, weights = short.pop("labels"), short.pop("loss_weights")
+    with torch.no_grad():
+        alone = weighted_lm_loss(model(**short).logits, labels, weights, normalization)
+    assert own[1] == pytest.approx(alone.item(), rel=1e-5)
     assert len(got) == len(expected)
     for g, e in zip(got, expected, strict=True):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)
@@ -240,3 +246,21 @@ def test_a_packed_conversation_trains_every_answer_with_the_image_once(fresh, sc
         for f in encode_rows(processor, unpacked, max_length=200).input_ids
     )
     assert n_image == 2 * ids.count(processor.image_token_id) > 0
+
+
+def test_each_task_has_its_own_loss_curve(model_cfg, tokenizer, scenes):
+    from povid_kedro.base_model import loss_history
+
+    rows = [SFTRow(image, PROMPT, caption, task="description") for image, caption in scenes[:8]]
+    rows += [SFTRow(image, PROMPT, "Yes", weight=5.0, task="vqa") for image, _ in scenes[8:16]]
+    model, processor = build_model_and_processor(model_cfg, tokenizer)
+    cfg = TrainConfig(
+        steps=6, lr=1e-2, max_length=96, log_every=0, task_batch={"description": 4, "vqa": 2}
+    )
+    result = train_sft(model, processor, rows, cfg, progress=False)
+    assert sorted(result.task_losses) == ["description", "vqa"]
+    assert all(len(v) == 6 for v in result.task_losses.values())
+    # The one-word answers are learnt far faster than the descriptions.
+    assert result.task_losses["vqa"][-1] < result.task_losses["description"][-1]
+    history = loss_history(result, every=3)
+    assert [p["step"] for p in history["sft_loss_vqa"]] == [3, 6]

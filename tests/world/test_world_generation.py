@@ -378,6 +378,37 @@ def test_text_knobs_change_text_not_pixels(world: World) -> None:
         assert set(s["described"]) == {o["category"] for o in s["objects"]}
 
 
+def test_reading_order_describes_the_same_objects_top_left_to_bottom_right() -> None:
+    worlds = {}
+    for order in ("random", "reading"):
+        params = small_params(n_train=100, n_eval=10)
+        params["text"] = copy.deepcopy(params["text"]) | {"detail_order": order}
+        worlds[order] = generate_world(WorldConfig.from_dict(params))
+    random_scenes, reading_scenes = (
+        worlds["random"].scenes["train"],
+        worlds["reading"].scenes["train"],
+    )
+    reordered = 0
+    for a, b in zip(random_scenes, reading_scenes, strict=True):
+        assert sorted(a["described"]) == sorted(b["described"])
+        first_cell = {}
+        for o in b["objects"]:
+            first_cell[o["category"]] = min(first_cell.get(o["category"], [9, 9]), o["cell"])
+        cells = [first_cell[c] for c in b["described"]]
+        assert cells == sorted(cells), b
+        reordered += a["described"] != b["described"]
+    assert reordered > 20
+    # Only the order moves: the images are the same.
+    name = "train_000010.png"
+    assert (
+        worlds["random"].train_images[name].tobytes()
+        == worlds["reading"].train_images[name].tobytes()
+    )
+    with pytest.raises(ValueError, match="detail_order"):
+        params["text"]["detail_order"] = "spiral"
+        WorldConfig.from_dict(params)
+
+
 def test_sample_figure(world: World) -> None:
     fig = make_sample_figure(world, n=8)
     assert isinstance(fig, Figure)

@@ -35,12 +35,16 @@ class TrainResult:
         losses: Loss of every image-conditioned step.
         lrs: Learning rate of every image-conditioned step.
         text_losses: Loss of every text-only warm-up step.
+        task_losses: Per task type, its rows' own loss at every image-conditioned step (a task
+            the model is not learning, e.g. one-word answers stuck at chance, shows here and
+            not in the total).
         seconds: Wall-clock time of the whole run (encoding included).
     """
 
     losses: list[float] = field(default_factory=list)
     lrs: list[float] = field(default_factory=list)
     text_losses: list[float] = field(default_factory=list)
+    task_losses: dict[str, list[float]] = field(default_factory=dict)
     seconds: float = 0.0
 
 
@@ -135,7 +139,7 @@ def weighted_lm_loss(
 
 def accumulate_step(
     model: Any, batches: Sequence[dict[str, torch.Tensor]], normalization: str = "token"
-) -> float:
+) -> tuple[float, list[float]]:
     """Forward and backward one optimiser step given as micro-batches; returns its loss.
 
     The loss is :func:`weighted_lm_loss` of all the micro-batches' rows taken together (one
@@ -151,20 +155,26 @@ def accumulate_step(
         normalization: ``token`` or ``sample``, as in :func:`weighted_lm_loss`.
 
     Returns:
-        The step's loss (gradients are left in the parameters).
+        The step's loss and each micro-batch's own loss (its rows alone); the gradients are
+        left in the parameters.
     """
     parts = [(b.pop("labels"), b.pop("loss_weights", None), b) for b in batches]
     denominator = sum(_loss_denominator(lab, w, normalization) for lab, w, _ in parts)
     denominator = torch.as_tensor(denominator).clamp(min=1e-8)
     head = model.get_output_embeddings()
     total = 0.0
+    own: list[float] = []
     for labels, weights, inputs in parts:
         hidden = model.base_model(**inputs).last_hidden_state
         logits = head(hidden[answer_mask(labels)])
         numerator = _loss_numerator(logits, labels, weights, normalization)
         (numerator / denominator).backward()
         total += float(numerator.detach())
-    return total / float(denominator)
+        own.append(
+            float(numerator.detach())
+            / max(1e-8, float(_loss_denominator(labels, weights, normalization)))
+        )
+    return total / float(denominator), own
 
 
 def _task_stream(
@@ -223,7 +233,7 @@ def _run_phase(
     generator: torch.Generator,
     callback: StepCallback | None,
     progress: bool,
-) -> tuple[list[float], list[float]]:
+) -> tuple[list[float], list[float], dict[str, list[float]]]:
     optimizer = _optimizer(model, cfg, peak_lr)
     warmup = round(cfg.warmup_ratio * steps)
     if tasks is not None and cfg.task_batch:
@@ -232,6 +242,7 @@ def _run_phase(
         stream = _index_stream(n_rows, cfg.batch_size, generator)
     losses: list[float] = []
     lrs: list[float] = []
+    task_losses: dict[str, list[float]] = {}
     model.train()
     bar = tqdm(range(steps), desc=phase, unit="step", disable=not progress)
     running = None
@@ -239,11 +250,14 @@ def _run_phase(
         lr = cosine_lr(step, steps, peak_lr, warmup, cfg.min_lr_ratio)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        indices = next(stream)
+        groups = _by_task(next(stream), tasks)
         optimizer.zero_grad(set_to_none=True)
-        value = accumulate_step(
-            model, [collator(group) for group in _by_task(indices, tasks)], cfg.loss_normalization
+        value, own = accumulate_step(
+            model, [collator(group) for group in groups], cfg.loss_normalization
         )
+        if tasks is not None:
+            for group, group_loss in zip(groups, own, strict=True):
+                task_losses.setdefault(tasks[group[0]], []).append(group_loss)
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
@@ -256,7 +270,7 @@ def _run_phase(
         if cfg.log_every and (step + 1) % cfg.log_every == 0:
             logger.info("%s step %d/%d: loss %.4f (lr %.2e)", phase, step + 1, steps, running, lr)
     model.eval()
-    return losses, lrs
+    return losses, lrs, task_losses
 
 
 def train_sft(
@@ -298,7 +312,7 @@ def train_sft(
             text_features = encode_rows(
                 processor, [SFTRow(None, None, t) for t in text_rows], cfg.max_length
             )
-            result.text_losses, _ = _run_phase(
+            result.text_losses, _, _ = _run_phase(
                 model,
                 SFTCollator(text_features, pad_id),
                 len(text_features),
@@ -319,7 +333,7 @@ def train_sft(
                 features.pixel_values.shape[0],
                 sum(map(len, features.input_ids)) / max(1, len(features)),
             )
-            result.losses, result.lrs = _run_phase(
+            result.losses, result.lrs, result.task_losses = _run_phase(
                 model,
                 SFTCollator(features, pad_id),
                 len(features),

@@ -147,6 +147,8 @@ class TextConfig:
             VQA-style data: yes/no presence questions answered in one word, which is what
             POPE asks).
         short_qa_turns: Questions per short-answer record.
+        detail_order: Order of the objects in a detailed description: ``random``, or
+            ``reading`` (by grid cell, top left to bottom right, as a person scans a picture).
         short_qa_suffix: Instruction appended to every short-answer question (LLaVA-1.5's).
         question_weights: Relative frequency of the reasoning question kinds.
         irregular_plurals: Plurals the English ``-s``/``-es``/``-ies`` rule gets wrong.
@@ -169,6 +171,7 @@ class TextConfig:
     absent_question_share: float = 0.5
     short_qa_share: float = 0.0
     short_qa_turns: int = 2
+    detail_order: str = "random"
     short_qa_suffix: str = "Answer the question using a single word or phrase."
     question_weights: dict[str, float] = field(
         default_factory=lambda: dict.fromkeys(_QUESTION_KINDS, 1.0)
@@ -537,6 +540,12 @@ class _Reader:
             raise ValueError(f"{self.key(key)}: expected a non-empty string, got {value!r}")
         return value
 
+    def choice(self, key: str, default: Any, options: tuple[str, ...]) -> str:
+        value = self.get(key, default)
+        if value not in options:
+            raise ValueError(f"{self.key(key)}: expected one of {options}, got {value!r}")
+        return str(value)
+
     def words(self, key: str, default: Any = ..., allow_empty: bool = False) -> tuple[str, ...]:
         value = self.get(key, default)
         if isinstance(value, str) or not isinstance(value, list | tuple):
@@ -700,6 +709,7 @@ def _read_text(p: _Reader) -> TextConfig:
         absent_question_share=p.prob("absent_question_share", d.absent_question_share),
         short_qa_share=p.prob("short_qa_share", d.short_qa_share),
         short_qa_turns=p.integer("short_qa_turns", d.short_qa_turns, lo=1),
+        detail_order=p.choice("detail_order", d.detail_order, ("random", "reading")),
         short_qa_suffix=p.text("short_qa_suffix", d.short_qa_suffix),
         question_weights={k: float(weights.get(k, 0.0)) for k in _QUESTION_KINDS},
         irregular_plurals=dict(plurals),

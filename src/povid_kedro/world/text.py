@@ -242,6 +242,9 @@ class TextWriter:
         phrase = self.scene_phrase(rng, scene)
         sentences = [self._pick(rng, _SCENE_SENTENCES).format(scene=phrase, prep=sc.preposition)]
         mentioned = self._mentioned(rng, self.groups(scene))
+        if self.t.detail_order == "reading":
+            # Sorted after the random draw, so the rest of the text stays the same.
+            mentioned.sort(key=lambda g: min(g.cells))
         nouns: dict[str, str] = {}
         for k, g in enumerate(mentioned):
             noun = self._noun(rng, g.cat)
