@@ -14,12 +14,14 @@ too), describes every evaluation image greedily and reports
   separating the object-object prior from the scene prior;
 - recall broken down by object size, occlusion, contrast and category.
 
-Recommended run (the tuned setting: descriptions + one-word VQA, 16 + 8 rows a step, VQA
-weight 10; the world's defaults already hold the VQA records)::
+Recommended run (the tuned setting: descriptions + one-word VQA, each image's 4 questions
+packed into one sequence, 16 descriptions + 4 question records a step, VQA weight 10, 16 px
+patches; the world's defaults already hold the reading-order descriptions and the VQA
+records)::
 
-    .venv/bin/python scripts/tune_base_model.py --seed 0 --tasks detail,vqa \\
-        --task-weights '{"vqa": 10}' \\
-        --train '{"steps": 1800, "task_batch": {"detail": 16, "vqa": 8}}' \\
+    .venv/bin/python scripts/tune_base_model.py --seed 0 --tasks detail,vqa --pack-turns \\
+        --task-weights '{"vqa": 10}' --model '{"patch_size": 16}' \\
+        --train '{"steps": 2000, "task_batch": {"detail": 16, "vqa": 4}}' \\
         --out data/08_reporting/tune_base_model.json --answers /tmp/answers.json
 
 Re-score saved descriptions without training (same ``--world``)::
