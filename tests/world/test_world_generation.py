@@ -80,10 +80,10 @@ def _mentions(text: str, cfg: WorldConfig) -> set[str]:
 # --------------------------------------------------------------------------------------------
 def test_default_parameters_load_and_round_trip() -> None:
     cfg = WorldConfig.from_dict(default_params())
-    assert (cfg.n_train_images, cfg.n_eval_images, cfg.image_size) == (6000, 1200, 96)
+    assert (cfg.n_train_images, cfg.n_eval_images, cfg.image_size) == (12000, 1200, 96)
     assert len(cfg.categories) >= 16
     assert len(cfg.colours) >= 5
-    assert cfg.cooccurrence == {"train": 0.9, "eval": 0.5}
+    assert cfg.cooccurrence == {"train": 0.8, "eval": 0.5}
     assert WorldConfig.from_dict(cfg.to_dict()) == cfg
     json.dumps(cfg.to_dict())
 
@@ -426,8 +426,8 @@ def test_default_world_has_the_configured_shape() -> None:
     """The full default world (no timing here: generation speed is a benchmark, not a test)."""
     cfg = WorldConfig.from_dict(default_params())
     world = generate_world(cfg)
-    assert len(world.train_images) == 6000 and len(world.eval_images) == 1200
-    assert len(world.instructions["detail"]) == 6000
+    assert len(world.train_images) == 12000 and len(world.eval_images) == 1200
+    assert len(world.instructions["detail"]) == 12000
     for split in ("train", "eval"):
         ok, observed, n = _binomial_ok(world.scenes[split], cfg.cooccurrence[split])
         assert ok, (split, observed, n)
