@@ -117,9 +117,9 @@ class TrainConfig:
 
     The embedded default (``conf/base/parameters_base_model.yml``, tuned with
     ``scripts/tune_base_model.py``) is a 400-step text-only warm-up on the descriptions, then
-    1400 steps of 16 descriptions + 8 one-word VQA rows (VQA weight 10), which fits in 5 minutes
-    on 2 CPU cores. Smaller batches with more steps beat larger ones at equal compute: the vision
-    tower learns from the number of updates more than from their size.
+    2000 steps of 16 descriptions + 4 records of 4 packed one-word VQA turns (VQA weight 10),
+    which fits in 5 minutes on 2 CPU cores. Smaller batches with more steps beat larger ones at
+    equal compute: the vision tower learns from the number of updates more than from their size.
 
     Attributes:
         steps: Optimiser steps of the image-conditioned training.

@@ -159,22 +159,19 @@ def accumulate_step(
         left in the parameters.
     """
     parts = [(b.pop("labels"), b.pop("loss_weights", None), b) for b in batches]
-    denominator = sum(_loss_denominator(lab, w, normalization) for lab, w, _ in parts)
-    denominator = torch.as_tensor(denominator).clamp(min=1e-8)
+    own_denominators = [float(_loss_denominator(lab, w, normalization)) for lab, w, _ in parts]
+    denominator = max(1e-8, sum(own_denominators))
     head = model.get_output_embeddings()
     total = 0.0
     own: list[float] = []
-    for labels, weights, inputs in parts:
+    for (labels, weights, inputs), own_denominator in zip(parts, own_denominators, strict=True):
         hidden = model.base_model(**inputs).last_hidden_state
         logits = head(hidden[answer_mask(labels)])
         numerator = _loss_numerator(logits, labels, weights, normalization)
         (numerator / denominator).backward()
         total += float(numerator.detach())
-        own.append(
-            float(numerator.detach())
-            / max(1e-8, float(_loss_denominator(labels, weights, normalization)))
-        )
-    return total / float(denominator), own
+        own.append(float(numerator.detach()) / max(1e-8, own_denominator))
+    return total / denominator, own
 
 
 def _task_stream(
