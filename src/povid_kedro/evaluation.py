@@ -136,6 +136,7 @@ def summary_row(
     pope: Mapping[str, Mapping[str, Any]],
     cooccurrence: Mapping[str, float] | None = None,
     mmhal: Mapping[str, Any] | None = None,
+    degenerate: Mapping[str, Any] | None = None,
 ) -> dict[str, float]:
     """Flat headline metrics of one model (what goes to MLflow and the report table)."""
     row = {
@@ -151,8 +152,12 @@ def summary_row(
             row[f"pope_{split}_{key}"] = float(result[key])
     if pope:
         row["pope_f1_mean"] = sum(float(r["f1"]) for r in pope.values()) / len(pope)
+    if degenerate is not None:
+        row["degenerate_share"] = float(degenerate["degenerate_share"])
     if cooccurrence:
         row["cooc_partner_rate"] = float(cooccurrence["partner_rate"])
+        row["cooc_partner_rate_se"] = float(cooccurrence["partner_rate_se"])
+        row["present_partner_recall"] = float(cooccurrence["present_partner_recall"])
         row["cooc_control_rate"] = float(cooccurrence["control_rate"])
         row["cooc_ratio"] = float(cooccurrence["ratio"])
     if mmhal and "average_score" in mmhal:
@@ -168,6 +173,13 @@ _REPORT_COLUMNS = [
     ("recall", "Recall"),
     ("objects_per_image", "objects / image"),
     ("words_per_caption", "words"),
+    ("degenerate_share", "degenerate"),
+    ("cooc_partner_rate", "absent-partner rate"),
+    ("cooc_partner_rate_se", "± SE"),
+    ("cooc_control_rate", "control rate"),
+    ("present_partner_recall", "present-partner recall"),
+    ("pope_random_accuracy", "POPE rand acc"),
+    ("pope_random_yes_ratio", "rand yes-ratio"),
     ("pope_random_f1", "POPE rand F1"),
     ("pope_popular_f1", "POPE pop F1"),
     ("pope_adversarial_f1", "POPE adv F1"),

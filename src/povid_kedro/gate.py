@@ -60,6 +60,66 @@ def _compare(
     )
 
 
+# guard -> (headline metric, kind, bound): "drop" fails when the candidate is more than `bound`
+# below the base model, "ratio" when below `bound` times the base model's, "rise" when more
+# than `bound` above it.
+_GUARDS = {
+    "max_recall_drop": ("recall", "drop"),
+    "max_present_partner_recall_drop": ("present_partner_recall", "drop"),
+    "min_objects_ratio": ("objects_per_image", "ratio"),
+    "min_words_ratio": ("words_per_caption", "ratio"),
+    "max_degenerate_rise": ("degenerate_share", "rise"),
+    "max_pope_f1_drop_per_split": (
+        ("pope_random_f1", "pope_popular_f1", "pope_adversarial_f1"),
+        "drop",
+    ),
+}
+
+
+def collapse_failures(
+    candidate: Mapping[str, float], base: Mapping[str, float], guards: Mapping[str, float]
+) -> list[str]:
+    """The no-collapse guards a candidate breaks against the base model it was trained from.
+
+    A model can lower CHAIR by saying less, by breaking its text or by losing the short-answer
+    skill; each guard compares one of those with the base model of the same evaluation.
+
+    Args:
+        candidate: The candidate's headline metrics.
+        base: The base model's, from the same evaluation.
+        guards: Guard name (see ``_GUARDS``) -> bound; a guard that is absent is not checked.
+
+    Returns:
+        One sentence per broken guard (empty: none broken).
+    """
+    unknown = sorted(set(guards) - set(_GUARDS))
+    if unknown:
+        raise ValueError(
+            f"evaluate.gate.no_collapse: unknown guard(s) {unknown}; known: {sorted(_GUARDS)}"
+        )
+    failures = []
+    for name, bound in guards.items():
+        keys, kind = _GUARDS[name]
+        for key in (keys,) if isinstance(keys, str) else keys:
+            if key not in candidate and key not in base:
+                continue  # not measured in this evaluation (e.g. no co-occurrence partners)
+            if key not in candidate or key not in base:
+                failures.append(f"{key} was measured for one model only ({name} needs both)")
+                continue
+            value, ref = float(candidate[key]), float(base[key])
+            if kind == "drop" and value < ref - bound:
+                failures.append(
+                    f"{key} {value:.3f} is more than {bound} below the base's {ref:.3f}"
+                )
+            elif kind == "ratio" and value < bound * ref:
+                failures.append(f"{key} {value:.3f} is below {bound} x the base's {ref:.3f}")
+            elif kind == "rise" and value > ref + bound:
+                failures.append(
+                    f"{key} {value:.3f} is more than {bound} above the base's {ref:.3f}"
+                )
+    return failures
+
+
 def metrics_from_tags(tags: Mapping[str, Any]) -> dict[str, float] | None:
     """The gate metrics stored on a model version's tags, if it has them."""
     try:

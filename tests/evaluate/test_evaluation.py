@@ -62,3 +62,19 @@ def test_report_shows_objects_per_image_next_to_chair():
     columns = [c.strip() for c in header.strip("|").split("|")]
     assert columns.index("objects / image") > columns.index("CHAIR_s")
     assert "| stage2 | 0.300 | 0.010 |" in report
+
+
+def test_partner_rate_error_and_present_partner_recall_by_hand():
+    partners = {"fork": "knife", "knife": "fork", "car": None}
+    captions = [
+        {"gt_objects": ["fork"], "objects": ["fork", "knife"]},  # partner trial, hit
+        {"gt_objects": ["fork"], "objects": ["fork"]},  # partner trial, miss
+        {"gt_objects": ["fork", "knife"], "objects": ["fork"]},  # 2 present partners, 1 named
+        {"gt_objects": ["car"], "objects": ["car"]},  # no partner trial
+    ]
+    result = cooccurrence_hallucination(captions, partners, ["fork", "knife", "car"])
+    assert result["partner_trials"] == 2 and result["partner_rate"] == 0.5
+    assert result["present_partner_trials"] == 2 and result["present_partner_recall"] == 0.5
+    # Ratio estimator over captions: residuals h - 0.5 t = 0.5, -0.5, 0, 0; mean trials 0.5.
+    expected = math.sqrt((0.25 + 0.25) / (4 * 3)) / 0.5
+    assert result["partner_rate_se"] == pytest.approx(expected)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from povid_kedro.gate import champion_decision
+from povid_kedro.gate import champion_decision, collapse_failures
 from povid_kedro.pipelines.evaluate.nodes import champion_gate_node
 
 BASE = {"chair_s": 0.70, "pope_f1_mean": 0.72}
@@ -55,3 +55,64 @@ def test_the_champion_is_kept_when_the_candidate_is_worse():
     assert (
         decision["champion_version"] == 1 and "not lower than the champion's" in decision["reason"]
     )
+
+
+GUARDS = {
+    "max_recall_drop": 0.03,
+    "max_present_partner_recall_drop": 0.03,
+    "min_objects_ratio": 0.9,
+    "min_words_ratio": 0.8,
+    "max_degenerate_rise": 0.01,
+    "max_pope_f1_drop_per_split": 0.01,
+}
+BASE_ROW = {
+    "chair_s": 0.74,
+    "pope_f1_mean": 0.70,
+    "recall": 0.75,
+    "present_partner_recall": 0.8,
+    "objects_per_image": 3.15,
+    "words_per_caption": 42.0,
+    "degenerate_share": 0.01,
+    "pope_random_f1": 0.70,
+    "pope_popular_f1": 0.70,
+    "pope_adversarial_f1": 0.70,
+}
+
+
+def test_a_model_that_says_less_is_never_champion():
+    # Last landed default's stage 2: CHAIR_s down 0.20, but by naming a third fewer objects.
+    says_less = BASE_ROW | {
+        "chair_s": 0.54,
+        "recall": 0.55,
+        "objects_per_image": 2.17,
+        "words_per_caption": 30.2,
+        "present_partner_recall": 0.6,
+    }
+    failures = collapse_failures(says_less, BASE_ROW, GUARDS)
+    assert len(failures) == 4 and any("objects_per_image 2.170" in f for f in failures)
+    params = {"gate": {**PARAMS["gate"], "no_collapse": GUARDS}}
+    update, decision = champion_gate_node(says_less, BASE_ROW, {"version": 3}, None, params)
+    assert update["version"] is None and not decision["promoted"]
+    assert "no-collapse guard" in decision["reason"]
+    # Also when a champion exists.
+    champion = {"version": 1, "tags": {"chair_s": "0.9", "pope_f1_mean": "0.7"}}
+    _, decision = champion_gate_node(says_less, BASE_ROW, {"version": 3}, champion, params)
+    assert not decision["promoted"] and "recall" in decision["reason"]
+
+
+def test_collapse_guards_each_bound():
+    broken_text = BASE_ROW | {"degenerate_share": 0.03}
+    assert collapse_failures(broken_text, BASE_ROW, GUARDS) == [
+        "degenerate_share 0.030 is more than 0.01 above the base's 0.010"
+    ]
+    lost_pope = BASE_ROW | {"pope_adversarial_f1": 0.68}
+    assert ["pope_adversarial_f1" in f for f in collapse_failures(lost_pope, BASE_ROW, GUARDS)] == [
+        True
+    ]
+    grounded = BASE_ROW | {"chair_s": 0.5, "recall": 0.73, "objects_per_image": 2.9}
+    assert collapse_failures(grounded, BASE_ROW, GUARDS) == []
+    # Not measured for either model (real scale has no partners): not checked.
+    no_partners = {k: v for k, v in BASE_ROW.items() if k != "present_partner_recall"}
+    assert collapse_failures(no_partners, no_partners, GUARDS) == []
+    with pytest.raises(ValueError, match="unknown guard"):
+        collapse_failures(BASE_ROW, BASE_ROW, {"max_recal_drop": 0.03})

@@ -42,7 +42,8 @@ def test_success_sends_image_prompt_and_key(openai_params, server, samples, load
         assert row.injector == "openai" and row.model == "test-model"
         assert row.prompt_version == "v1"
         assert row.hallucination_type in {"cooccurrence", "relation", "attribute"} | {
-            "wrong_reasoning"
+            "omission",
+            "wrong_reasoning",
         }
     reasoning = result.pairs[result.pairs["task_type"] == "reasoning"]
     assert set(reasoning["hallucination_type"]) <= {"wrong_reasoning"}

@@ -288,3 +288,43 @@ def test_ten_thousand_samples_are_fast(base_params):
     assert len(result.pairs) + len(result.failures) == 10_000
     assert result.failures.empty
     assert elapsed < 10.0
+
+
+def test_omission_leaves_out_one_present_object_and_nothing_else(base_params, corpus):
+    injector, result = _run(_only(base_params, {"omission": 1.0}), corpus)
+    stats = injector.stats
+    desc = result.pairs[result.pairs["task_type"] == "description"]
+    omitted = desc[desc["hallucination_type"] == "omission"]
+    assert len(omitted) > 50
+    for row in omitted.itertuples():
+        gone = row.hallucination_detail.removeprefix("omit:")
+        before, after = stats.analyses[row.id].present, stats.analyse(row.rejected).present
+        assert gone in before and after == before - {gone}, row
+        # Whole sentences go, in order: the rejection is a sub-sequence of the answer's words.
+        words = iter(_words(row.answer))
+        assert all(w in words for w in _words(row.rejected)), row
+    assert (omitted["rejected"].str.len() < omitted["answer"].str.len()).all()
+
+
+def _vqa_rows(n: int) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "id": [f"vqa_{i}" for i in range(n)],
+            "image": [f"train2014/kitchen_{i:05d}.png" for i in range(n)],
+            "task_type": "vqa",
+            "prompt": "<image>\nIs there a fork in the image?\nAnswer with one word.",
+            "answer": ["Yes" if i % 2 else "No" for i in range(n)],
+            "rejected": None,
+            "source": "synthetic",
+            "turn": 0,
+        }
+    )
+
+
+def test_one_word_answers_are_turned_around(base_params, corpus):
+    samples = pd.concat([corpus.head(40), _vqa_rows(10)], ignore_index=True)
+    _, result = _run(base_params, samples)
+    vqa = result.pairs[result.pairs["task_type"] == "vqa"]
+    assert len(vqa) == 10 and set(vqa["hallucination_type"]) == {"answer_flip"}
+    assert (vqa["rejected"] == vqa["answer"].map({"Yes": "No", "No": "Yes"})).all()
+    assert set(vqa["hallucination_detail"]) == {"answer_flip:yes->no", "answer_flip:no->yes"}

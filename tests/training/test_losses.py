@@ -8,9 +8,12 @@ import pytest
 import torch
 
 from povid_kedro.training.losses import (
+    IGNORE_INDEX,
     dpo_loss,
+    image_dependent_labels,
     length_desensitised_logps,
     noisy_argmax_labels,
+    per_token_logps,
     sequence_logps,
     teacher_forced_noisy_logps,
 )
@@ -97,3 +100,27 @@ def test_length_desensitised_logps_by_hand():
     assert r.item() == pytest.approx(-5.0)
     c1, _ = length_desensitised_logps(chosen, chosen_mask, rejected, rejected_mask, 1.0)
     assert c1.item() == pytest.approx(-6.0)
+
+
+def test_image_dependent_positions_keep_only_what_the_pixels_decided():
+    # Vocabulary of 4; answer tokens at positions 1..3 (labels[:, 0] is the prompt).
+    labels = torch.tensor([[IGNORE_INDEX, 1, 2, 3]])
+
+    def logits_for(argmax: list[int]) -> torch.Tensor:
+        out = torch.zeros(1, 4, 4)
+        for t, v in enumerate(argmax):
+            out[0, t, v] = 5.0
+        return out
+
+    # logits[:, t] predicts labels[:, t + 1]. Clean: right at t=0, 1; wrong (a wording
+    # preference) at t=2. Noisy: differs at t=0 (image-dependent) and t=2 (the clean one erred).
+    clean = logits_for([1, 2, 0, 0])
+    noisy = logits_for([3, 2, 1, 0])
+    official = noisy_argmax_labels(noisy, labels)
+    assert official.tolist() == [[IGNORE_INDEX, 3, 2, 1]]
+    kept = image_dependent_labels(official, clean, labels)
+    assert kept.tolist() == [[IGNORE_INDEX, 3, 2, 3]]
+    # Positions set back to y+ cancel in the margin: only position 1 differs from the chosen.
+    clean_logps, _ = per_token_logps(clean, labels)
+    rejected_logps, _ = per_token_logps(clean, kept)
+    assert torch.equal((clean_logps != rejected_logps)[0], torch.tensor([True, False, False]))

@@ -6,6 +6,7 @@ import copy
 import math
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -256,3 +257,47 @@ def test_sft_term_adds_the_chosen_nll(fresh, pairs, load_image):
     assert step["hallucination/loss"] == pytest.approx(math.log(2), abs=1e-4)
     assert step["sft/nll_chosen"] > 0
     assert step["loss"] == pytest.approx(math.log(2) + 0.5 * step["sft/nll_chosen"], rel=1e-4)
+
+
+def test_sft_only_control_is_a_configuration_of_the_same_trainer(fresh, pairs, load_image):
+    """DPO weights 0 + sft_weight: the chosen answers' NLL alone, same steps, data and lr."""
+    model, processor = fresh
+    cfg = {**FAST, "max_steps": 2, "sft_weight": 1.0, "hallucination_weight": 0.0}
+    _, report = train_stage1(copy.deepcopy(model), processor, pairs, load_image, cfg)
+    for step in report.step_metrics:
+        assert step["loss"] == pytest.approx(step["sft/nll_chosen"], rel=1e-5)
+    stage2 = {**cfg, "noise_weight": 0.0}
+    _, report = train_stage2(copy.deepcopy(model), processor, pairs, load_image, stage2)
+    assert report.step_metrics[0]["loss"] == pytest.approx(
+        report.step_metrics[0]["sft/nll_chosen"], rel=1e-5
+    )
+    with pytest.raises(ValueError, match="nothing to train"):
+        StageConfig(hallucination_weight=0.0)
+    with pytest.raises(ValueError, match="nothing to train"):
+        DPOTrainingConfig.from_dict({"stage2": {"hallucination_weight": 0, "noise_weight": 0}})
+
+
+def test_task_types_select_the_pairs_trained_on(fresh, pairs, load_image):
+    model, processor = fresh
+    typed = pairs.assign(task_type=["description"] * 5 + ["reasoning"] * (len(pairs) - 5))
+    cfg = {**FAST, "max_steps": 1, "task_mix": {"description": 1.0}, "pairs_for_steps_only": False}
+    _, report = train_stage1(copy.deepcopy(model), processor, typed, load_image, cfg)
+    n_train_descriptions = int(((typed["split"] == "train") & (typed.index < 5)).sum())
+    assert report.n_train_pairs == n_train_descriptions
+    with pytest.raises(ValueError, match="that no pair has"):
+        train_stage1(model, processor, typed, load_image, {**cfg, "task_mix": {"vqa": 1.0}})
+    with pytest.raises(ValueError, match="no task_type column"):
+        train_stage1(model, processor, pairs, load_image, cfg)
+
+
+def test_task_mix_draws_the_steps_pairs_by_share(fresh, pairs, load_image, caplog):
+    model, processor = fresh
+    many = pd.concat([pairs.assign(id=pairs["id"] + f"_{k}") for k in range(4)], ignore_index=True)
+    many["task_type"] = ["vqa" if i % 4 else "description" for i in range(len(many))]
+    # 4 steps x 2 pairs: 8 pairs, half of each task although vqa pairs are 3 in 4.
+    cfg = {**FAST, "max_steps": 4, "batch_size": 2, "task_mix": {"description": 1, "vqa": 1}}
+    with caplog.at_level("INFO", logger="povid_kedro.training.trainer"):
+        _, report = train_stage1(copy.deepcopy(model), processor, many, load_image, cfg)
+    assert report.n_train_pairs == 8
+    assert "8 pairs for the steps by task_mix: {'description': 4, 'vqa': 4}" in caplog.text
+    assert report.n_unused_pairs == int((many["split"] == "train").sum()) - 8

@@ -16,7 +16,13 @@ import yaml
 from matplotlib.figure import Figure
 
 from povid_kedro.metrics.chair import synonym_map as parse_synonyms
-from povid_kedro.world import World, WorldConfig, generate_world, make_sample_figure
+from povid_kedro.world import (
+    World,
+    WorldConfig,
+    generate_world,
+    make_sample_figure,
+    validation_config,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 PARAMS = ROOT / "conf" / "base" / "parameters_embedded_world.yml"
@@ -80,7 +86,7 @@ def _mentions(text: str, cfg: WorldConfig) -> set[str]:
 # --------------------------------------------------------------------------------------------
 def test_default_parameters_load_and_round_trip() -> None:
     cfg = WorldConfig.from_dict(default_params())
-    assert (cfg.n_train_images, cfg.n_eval_images, cfg.image_size) == (12000, 1200, 96)
+    assert (cfg.n_train_images, cfg.n_eval_images, cfg.image_size) == (12000, 4000, 96)
     assert len(cfg.categories) >= 16
     assert len(cfg.colours) >= 5
     assert cfg.cooccurrence == {"train": 0.8, "eval": 0.5}
@@ -426,9 +432,19 @@ def test_default_world_has_the_configured_shape() -> None:
     """The full default world (no timing here: generation speed is a benchmark, not a test)."""
     cfg = WorldConfig.from_dict(default_params())
     world = generate_world(cfg)
-    assert len(world.train_images) == 12000 and len(world.eval_images) == 1200
+    assert len(world.train_images) == 12000 and len(world.eval_images) == 4000
     assert len(world.instructions["detail"]) == 12000
     for split in ("train", "eval"):
         ok, observed, n = _binomial_ok(world.scenes[split], cfg.cooccurrence[split])
         assert ok, (split, observed, n)
-    assert len({q["image"] for q in world.pope["adversarial"]}) == 1200
+    assert len({q["image"] for q in world.pope["adversarial"]}) == 4000
+
+
+def test_validation_split_has_its_own_scenes(cfg: WorldConfig, world: World) -> None:
+    val = generate_world(validation_config(cfg, 40))
+    assert len(val.eval_images) == 40 and val.meta["config"]["seed"] != cfg.seed
+    eval_layouts = {json.dumps(s["objects"], sort_keys=True) for s in world.scenes["eval"]}
+    val_layouts = {json.dumps(s["objects"], sort_keys=True) for s in val.scenes["eval"]}
+    assert not eval_layouts & val_layouts
+    # Same distribution: the evaluation split's partner rate and formats.
+    assert val.meta["partners"] == world.meta["partners"] and val.synonyms == world.synonyms

@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
-from povid_kedro.hallucination.config import DESCRIPTION, InjectConfig
+from povid_kedro.hallucination.config import DESCRIPTION, VQA, InjectConfig
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +164,8 @@ def fallback_order(config: InjectConfig, task_type: str, first: str) -> list[str
     nothing to change can still take a description-type edit.
     """
     order = [first]
-    for task in (task_type, DESCRIPTION):
+    # A one-word answer takes no description edit.
+    for task in (task_type,) if task_type == VQA else (task_type, DESCRIPTION):
         mix = config.type_mix.get(task, {})
         for name, _ in sorted(mix.items(), key=lambda kv: (-kv[1], kv[0])):
             if name not in order:

@@ -14,13 +14,19 @@ from typing import Any
 
 DESCRIPTION = "description"
 REASONING = "reasoning"
-TASK_TYPES = (DESCRIPTION, REASONING)
+VQA = "vqa"  # one-word answers ("Yes" / "No"): injected only when type_mix lists the task
+TASK_TYPES = (DESCRIPTION, REASONING, VQA)
+REQUIRED_TASK_TYPES = (DESCRIPTION, REASONING)
 
 COOCCURRENCE = "cooccurrence"
 RELATION = "relation"
 ATTRIBUTE = "attribute"
 WRONG_REASONING = "wrong_reasoning"
-HALLUCINATION_TYPES = (COOCCURRENCE, RELATION, ATTRIBUTE, WRONG_REASONING)
+# Not a hallucination: a present object's sentences left out. Its rejections are shorter than
+# the ground truth, so beside added objects (longer) they keep DPO from rewarding shortness.
+OMISSION = "omission"
+ANSWER_FLIP = "answer_flip"  # a one-word answer turned around: "Yes" <-> "No"
+HALLUCINATION_TYPES = (COOCCURRENCE, RELATION, ATTRIBUTE, WRONG_REASONING, OMISSION, ANSWER_FLIP)
 
 _PREFIX = "inject_hallucinations"
 
@@ -258,7 +264,7 @@ class InjectConfig:
                 raise ValueError(f"{_PREFIX}.type_mix.{task}: unknown type(s) {bad}")
             if any(w < 0 for w in mix.values()) or sum(mix.values()) <= 0:
                 raise ValueError(f"{_PREFIX}.type_mix.{task}: weights must be >= 0, sum > 0")
-        for task in TASK_TYPES:
+        for task in REQUIRED_TASK_TYPES:
             if task not in self.type_mix:
                 raise ValueError(f"{_PREFIX}.type_mix: missing task type {task!r}")
         if self.injector == "rules" and self.rules is None:

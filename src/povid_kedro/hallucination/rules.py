@@ -42,8 +42,10 @@ from povid_kedro.hallucination.base import (
     stable_seed,
 )
 from povid_kedro.hallucination.config import (
+    ANSWER_FLIP,
     ATTRIBUTE,
     COOCCURRENCE,
+    OMISSION,
     RELATION,
     TASK_TYPES,
     WRONG_REASONING,
@@ -591,6 +593,17 @@ class RuleInjector(Injector):
             edit = self._swap(corpus, analysis, rng, (REL,), "relation")
             if edit is not None:
                 yield edit
+        elif htype == ANSWER_FLIP:
+            flip = self._conclusion_flip(corpus, analysis, rng)
+            if flip is not None:
+                start, end, new, note = flip
+                yield _Edit(
+                    _apply(analysis.text, [(start, end, new)]), note.replace("conclusion", htype)
+                )
+        elif htype == OMISSION:
+            edit = self._omit(analysis, rng)
+            if edit is not None:
+                yield edit
         elif htype == WRONG_REASONING:
             edit = self._wrong_reasoning(corpus, analysis, rng)
             if edit is not None:
@@ -636,6 +649,29 @@ class RuleInjector(Injector):
         rest = text[cut:].lstrip()
         text = f"{text[:cut]} {sentence}" + (f" {rest}" if rest else "")
         return _Edit(text, f"add:{new}" + ("" if by_cooc else "(frequency)"))
+
+    def _omit(self, analysis: _Analysis, rng: random.Random) -> _Edit | None:
+        """Leave out every sentence that names one present object (at least one other stays)."""
+        present = sorted(analysis.present)
+        if len(present) < 2:
+            return None
+        old = rng.choice(present)
+        text = analysis.text.strip()
+        bounds = [0, *(m.end() for m in _SENTENCE_END.finditer(text)), len(text)]
+        sentences = [text[a:b].strip() for a, b in zip(bounds, bounds[1:], strict=False)]
+        starts = bounds[:-1]
+        drop: set[int] = set()
+        for i, start in enumerate(starts):
+            end = bounds[i + 1]
+            if any(m.payload[0] == old and start <= m.start < end for m in analysis.get(OBJECT)):
+                drop.add(i)
+                # A following sentence that refers back ("It is partly covered.") goes with it.
+                if i + 1 < len(sentences) and _ANAPHORIC_START.match(sentences[i + 1]):
+                    drop.add(i + 1)
+        kept = [t for i, t in enumerate(sentences) if t and i not in drop]
+        if not drop or not kept:
+            return None
+        return _Edit(" ".join(kept), f"omit:{old}")
 
     def _substitute(
         self, corpus: CorpusStats, analysis: _Analysis, rng: random.Random

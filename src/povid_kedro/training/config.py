@@ -22,6 +22,9 @@ LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 """DPO loss variants :func:`povid_kedro.training.losses.dpo_loss` implements."""
 
 
+NOISE_POSITIONS = ("all", "image_dependent")
+
+
 def _help(default: Any, text: str) -> Any:
     if isinstance(default, list | dict):
         return field(default_factory=lambda: type(default)(default), metadata={"help": text})
@@ -113,6 +116,17 @@ class StageConfig:
             tokens, added to the DPO loss (trl 1.x: `loss_type=[..., "sft"]` with `loss_weights`;
             RPO). It keeps the policy producing the full ground-truth answer while DPO pushes
             the rejection down, another guard against learning to stop early.
+        hallucination_weight (`float`, *optional*, defaults to `1.0`):
+            `w_h`, weight of DPO(y+ vs y_h-). `0` with `sft_weight > 0` is the SFT-only control:
+            the same steps, data and learning rate with supervised fine-tuning on the chosen
+            answers alone.
+        task_mix (`dict[str, float]`, *optional*):
+            Ground-truth task type (`description`, `reasoning`, `vqa`) -> its share of the pairs
+            trained on (normalised; a task that is absent is left out). With
+            `pairs_for_steps_only` the steps' pairs are drawn per task by these shares;
+            otherwise every pair of the listed tasks is used. `None`: all pairs as they come. A
+            base model that never learnt a task gains nothing from its pairs, and one-word VQA
+            pairs would outnumber the descriptions four to one.
         learning_rate (`float`, *optional*, defaults to `5e-4`):
             Peak learning rate (AdamW) of the trained parameters.
         lr_scheduler_type (`str`, *optional*, defaults to `"cosine"`):
@@ -204,17 +218,34 @@ class StageConfig:
     output_dir: str | None = _help(None, "Checkpoint directory (None: a temporary one).")
     report_to: list[str] = _help([], "transformers integrations to report to.")
     num_threads: int = _help(0, "torch.set_num_threads during training (0: unchanged).")
+    hallucination_weight: float = _help(1.0, "w_h: weight of DPO(y+ vs y_h-).")
+    task_mix: dict[str, float] | None = _help(
+        None, "Task type -> share of the trained pairs (others left out); None: all as they come."
+    )
     lora: LoraSettings = field(
         default_factory=LoraSettings, metadata={"help": "The LoRA adapter of this stage."}
     )
 
     def __post_init__(self) -> None:
+        if self.hallucination_weight < 0:
+            raise ValueError(f"hallucination_weight must be >= 0, got {self.hallucination_weight}")
+        if self.task_mix is not None and (
+            not self.task_mix
+            or any(w < 0 for w in self.task_mix.values())
+            or sum(self.task_mix.values()) <= 0
+        ):
+            raise ValueError(
+                f"task_mix must map task types to shares >= 0 with a positive sum, or be null "
+                f"(all pairs), got {self.task_mix}"
+            )
         if self.beta <= 0:
             raise ValueError(f"beta must be > 0, got {self.beta}")
         if self.loss_type not in LOSS_TYPES:
             raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
         if self.sft_weight < 0:
             raise ValueError(f"sft_weight must be >= 0, got {self.sft_weight}")
+        if type(self) is StageConfig and self.hallucination_weight + self.sft_weight <= 0:
+            raise ValueError("hallucination_weight + sft_weight must be > 0 (nothing to train)")
         if self.ld_alpha is not None and not 0.0 <= self.ld_alpha <= 1.0:
             raise ValueError(f"ld_alpha must be in [0, 1] or None, got {self.ld_alpha}")
         for name in ("batch_size", "gradient_accumulation_steps", "max_length"):
@@ -244,18 +275,32 @@ class Stage2Config(StageConfig):
             `w_h`, weight of the text-side branch (ground truth vs AI-hallucinated rewrite).
         noise_weight (`float`, *optional*, defaults to `0.5`):
             `w_n`, weight of the image-side branch (ground truth vs the answer under diffusion
-            noise).
+            noise). Both weights `0` with `sft_weight > 0` is the SFT-only control.
+        noise_positions (`str`, *optional*, defaults to `"all"`):
+            Where the teacher-forced `y_n-` differs from `y+`: `"all"` positions whose
+            noisy-image argmax differs (the official code), or `"image_dependent"` ones only:
+            where the clean-image argmax is the ground truth and the noisy one is not, so that
+            the image, not a wording preference, made the difference.
     """
 
     hallucination_weight: float = _help(0.5, "w_h: weight of DPO(y+ vs y_h-).")
     noise_weight: float = _help(0.5, "w_n: weight of DPO(y+ vs y_n-).")
+    noise_positions: str = _help(
+        "all", "Teacher-forced y_n-: 'all' positions (official) or 'image_dependent' ones."
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.hallucination_weight < 0 or self.noise_weight < 0:
             raise ValueError("hallucination_weight and noise_weight must be >= 0")
-        if self.hallucination_weight + self.noise_weight <= 0:
-            raise ValueError("hallucination_weight + noise_weight must be > 0")
+        if self.noise_positions not in NOISE_POSITIONS:
+            raise ValueError(
+                f"noise_positions must be one of {NOISE_POSITIONS}, got {self.noise_positions!r}"
+            )
+        if self.hallucination_weight + self.noise_weight + self.sft_weight <= 0:
+            raise ValueError(
+                "hallucination_weight + noise_weight + sft_weight must be > 0 (nothing to train)"
+            )
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None, where: str = "stage2") -> Stage2Config:

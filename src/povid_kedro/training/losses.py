@@ -102,6 +102,30 @@ def noisy_argmax_labels(noisy_logits: torch.Tensor, labels: torch.Tensor) -> tor
     return out
 
 
+def image_dependent_labels(
+    noisy_labels: torch.Tensor, clean_logits: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """Keep the teacher-forced ``y_n-`` token only where the image decides it.
+
+    A position keeps the noisy argmax only where the clean-image argmax is the ground-truth
+    token and the noisy-image argmax is not: there the pixels, not the language prior, chose the
+    word. Elsewhere ``y_n-`` takes the ground-truth token, whose log-prob then cancels in the
+    DPO margin. Without this, every position where the model merely prefers other wording
+    (one sentence template over another) is contrasted too.
+
+    Args:
+        noisy_labels: ``(B, T)`` teacher-forced ``y_n-`` labels (:func:`noisy_argmax_labels`).
+        clean_logits: ``(B, T, V)`` logits of ``y+`` under the clean image.
+        labels: ``(B, T)`` labels of ``y+``.
+
+    Returns:
+        ``(B, T)`` labels.
+    """
+    clean_labels = noisy_argmax_labels(clean_logits.detach(), labels)
+    keep = (clean_labels == labels) & (noisy_labels != labels)
+    return torch.where(keep, noisy_labels, labels)
+
+
 def teacher_forced_noisy_logps(
     clean_logits: torch.Tensor, noisy_logits: torch.Tensor, labels: torch.Tensor
 ) -> torch.Tensor:

@@ -72,6 +72,7 @@ from povid_kedro.training.data import (
 from povid_kedro.training.losses import (
     IGNORE_INDEX,
     dpo_loss,
+    image_dependent_labels,
     length_desensitised_logps,
     noisy_argmax_labels,
     per_token_logps,
@@ -217,7 +218,7 @@ class POVIDTrainer(DPOTrainer):
         if isinstance(stage_cfg, Stage2Config) and self.branches != "stage1":
             self.branch_weights = {"h": stage_cfg.hallucination_weight, "n": stage_cfg.noise_weight}
         else:
-            self.branch_weights = {"h": 1.0}
+            self.branch_weights = {"h": stage_cfg.hallucination_weight}
         self._micro_metrics: list[dict[str, float]] = []
         super().__init__(
             model=model,
@@ -344,6 +345,8 @@ class POVIDTrainer(DPOTrainer):
             assert noisy_logits is not None
             # Each model's own noisy argmax, scored by its own clean logits of y+.
             noisy_labels = noisy_argmax_labels(noisy_logits, labels[:b])
+            if getattr(self.stage_cfg, "noise_positions", "all") == "image_dependent":
+                noisy_labels = image_dependent_labels(noisy_labels, clean_logits[:b], labels[:b])
             terms["noisy"] = per_token_logps(clean_logits[:b], noisy_labels)
         return terms
 
@@ -635,6 +638,60 @@ def _split(pairs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return pairs[split == "train"], pairs[split == "eval"]
 
 
+def _of_task_types(
+    pairs: pd.DataFrame, task_mix: Mapping[str, float] | None, stage: str
+) -> pd.DataFrame:
+    """The pairs of the task types in ``task_mix`` with a positive share (all when ``None``)."""
+    if task_mix is None:
+        return pairs
+    if "task_type" not in pairs.columns:
+        raise ValueError(
+            f"{stage}.task_mix is set but the pairs have no task_type column: re-export them "
+            "with `kedro run --pipeline inject_hallucinations`, or set task_mix: null"
+        )
+    tasks = pairs["task_type"].astype(str)
+    wanted = [t for t, w in task_mix.items() if w > 0]
+    found = sorted(tasks.unique())
+    missing = sorted(set(wanted) - set(found))
+    if missing:
+        raise ValueError(
+            f"{stage}.task_mix names task types {missing} that no pair has (task types: {found})"
+        )
+    keep = tasks.isin(wanted)
+    logger.info("%s: %d of %d pairs are of task types %s", stage, keep.sum(), len(pairs), wanted)
+    return pairs[keep]
+
+
+def _sample_by_task(
+    train_df: pd.DataFrame, task_mix: Mapping[str, float], n: int, seed: int, stage: str
+) -> pd.DataFrame:
+    """``n`` training pairs drawn per task type by its share (seeded; never more than there are)."""
+    shares = {t: w for t, w in task_mix.items() if w > 0}
+    total = sum(shares.values())
+    tasks = train_df["task_type"].astype(str)
+    parts = []
+    for task, share in sorted(shares.items()):
+        rows = train_df[tasks == task]
+        want = round(n * share / total)
+        if want > len(rows):
+            logger.warning(
+                "%s: task_mix asks for %d %s pairs, there are %d: all are used",
+                stage,
+                want,
+                task,
+                len(rows),
+            )
+        parts.append(rows.sample(n=min(want, len(rows)), random_state=seed))
+    sampled = pd.concat(parts).sort_index()
+    logger.info(
+        "%s: %d pairs for the steps by task_mix: %s",
+        stage,
+        len(sampled),
+        sampled["task_type"].astype(str).value_counts().to_dict(),
+    )
+    return sampled
+
+
 def _encode_checked(
     processor: Any, pairs: pd.DataFrame, bank: ImageBank, cfg: StageConfig, generated: bool
 ) -> EncodedPairs:
@@ -681,9 +738,13 @@ def _run_stage(
 ) -> tuple[Any, TrainReport]:
     start = time.perf_counter()
     report = TrainReport(stage=stage, branches=branches, config=_flat_config(cfg, noise))
-    train_df, eval_df = _split(pairs)
+    train_df, eval_df = _split(_of_task_types(pairs, cfg.task_mix, stage))
     seen = cfg.max_steps * cfg.batch_size * cfg.gradient_accumulation_steps
-    if cfg.pairs_for_steps_only and 0 < seen < len(train_df):
+    if cfg.pairs_for_steps_only and cfg.task_mix and seen > 0:
+        available = len(train_df)
+        train_df = _sample_by_task(train_df, cfg.task_mix, seen, cfg.seed, stage)
+        report.n_unused_pairs = available - len(train_df)
+    elif cfg.pairs_for_steps_only and 0 < seen < len(train_df):
         report.n_unused_pairs = len(train_df) - seen
         logger.info(
             "%s: %d steps x %d pairs see %d of the %d training pairs; using a seeded sample of "

@@ -8,6 +8,14 @@ Library code (no Kedro): :class:`WorldConfig` is built from the ``embedded_world
 
 from povid_kedro.world.config import WorldConfig
 from povid_kedro.world.figure import make_sample_figure
-from povid_kedro.world.generate import World, generate_world
+from povid_kedro.world.generate import World, generate_world, validation_config
+from povid_kedro.world.grammar import description_grammar
 
-__all__ = ["World", "WorldConfig", "generate_world", "make_sample_figure"]
+__all__ = [
+    "World",
+    "WorldConfig",
+    "description_grammar",
+    "generate_world",
+    "make_sample_figure",
+    "validation_config",
+]

@@ -9,6 +9,7 @@ is touched.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import Counter
@@ -27,6 +28,7 @@ from povid_kedro.world.formats import (
     llava_record,
     synonyms_text,
 )
+from povid_kedro.world.grammar import description_grammar
 from povid_kedro.world.render import render_scene
 from povid_kedro.world.scenes import SceneSampler
 from povid_kedro.world.text import TextWriter, conversation
@@ -34,6 +36,7 @@ from povid_kedro.world.text import TextWriter, conversation
 logger = logging.getLogger(__name__)
 
 _PREFIX = {"train": "train", "eval": "val"}
+VALIDATION_SEED_KEY = 1  # the validation split's seed is derived from (seed, this)
 
 
 @dataclass
@@ -54,6 +57,7 @@ class World:
             the detailed description mentions) and ``reasoning_kinds`` where they have them.
         meta: JSON-able summary: categories, synonyms, partners, scene types, statistics and
             the config used.
+        description_grammar: Regular expressions of the descriptions' sentence forms.
     """
 
     train_images: dict[str, Image.Image]
@@ -65,6 +69,25 @@ class World:
     pope: dict[str, list[dict[str, Any]]]
     scenes: dict[str, list[dict[str, Any]]]
     meta: dict[str, Any]
+    description_grammar: list[str]
+
+
+def validation_config(cfg: WorldConfig, n_images: int) -> WorldConfig:
+    """The config of the validation split: evaluation scenes drawn from another seed.
+
+    Its evaluation images follow the evaluation split's distribution but share no scene with
+    it, so defaults can be tuned on them while the evaluation split is read only for the final
+    tables.
+
+    Args:
+        cfg: The world config.
+        n_images: Validation images.
+
+    Returns:
+        The same world with a derived seed, ``n_images`` evaluation images and one training image.
+    """
+    seed = int(np.random.SeedSequence([cfg.seed, VALIDATION_SEED_KEY]).generate_state(1)[0])
+    return dataclasses.replace(cfg, seed=seed, n_train_images=1, n_eval_images=n_images)
 
 
 def generate_world(cfg: WorldConfig) -> World:
@@ -174,6 +197,7 @@ def generate_world(cfg: WorldConfig) -> World:
         pope=pope,
         scenes=scenes,
         meta=_meta(cfg, scenes),
+        description_grammar=description_grammar(cfg),
     )
     logger.info(
         "Generated world: %d train / %d eval images, %d detail + %d reasoning + %d short-answer "

@@ -17,6 +17,7 @@ WORLD_OUTPUTS = [
     "world_scenes",
     "world_meta",
     "cooccurrence_partners",
+    "description_grammar",
     "world_samples_figure",
 ]
 

@@ -16,11 +16,12 @@ from povid_kedro.evaluation import (
     report_markdown,
     summary_row,
 )
-from povid_kedro.gate import champion_decision, metrics_from_tags
+from povid_kedro.gate import champion_decision, collapse_failures, metrics_from_tags
 from povid_kedro.hallucination import ClientConfig
 from povid_kedro.images import ImageFolder
 from povid_kedro.metrics.chair import Chair
 from povid_kedro.metrics.cooccurrence import cooccurrence_hallucination
+from povid_kedro.metrics.degenerate import DegenerateChecker
 from povid_kedro.metrics.judge import judge_mmhal
 from povid_kedro.metrics.mmhal import score_mmhal
 from povid_kedro.metrics.pope import score_pope
@@ -133,8 +134,13 @@ def score_node(
     object_synonyms: str,
     cooccurrence_partners: dict[str, str | None],
     mmhal: dict[str, Any],
+    description_grammar: dict[str, Any] | list[str] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, float]]:
-    """CHAIR, POPE and the co-occurrence ratio of one model (and its MMHal-Bench result).
+    """CHAIR, POPE, the co-occurrence rates and degenerate descriptions of one model.
+
+    Args:
+        description_grammar: ``{"sentence_forms": [regex, ...]}`` of the data's descriptions
+            (the embedded world's); without forms only repeated words count as degenerate.
 
     Returns:
         The CHAIR result (overall and per caption), the POPE results per split, and the
@@ -159,7 +165,13 @@ def score_node(
         )
     else:
         logger.info("no co-occurrence partners configured: co-occurrence ratio skipped")
-    row = summary_row(chair, pope, cooccurrence, mmhal)
+    forms = (
+        description_grammar.get("sentence_forms", [])
+        if isinstance(description_grammar, dict)
+        else list(description_grammar or [])
+    )
+    degenerate = DegenerateChecker(forms).score(captions)
+    row = summary_row(chair, pope, cooccurrence, mmhal, degenerate)
     logger.info(
         "CHAIR_s %.3f ± %.3f, CHAIR_i %.3f, recall %.3f, %.2f objects/image; POPE F1 %s",
         row["chair_s"],
@@ -172,6 +184,7 @@ def score_node(
     pope_out = {
         split: {k: v for k, v in r.items() if k != "questions"} for split, r in pope.items()
     }
+    chair = {**chair, "degenerate": degenerate}
     if cooccurrence:
         chair = {**chair, "cooccurrence": cooccurrence}
     return chair, pope_out, row
@@ -192,7 +205,9 @@ def champion_gate_node(
     """Move ``champion`` to the stage-2 candidate only if it passes the gate.
 
     With no champion yet, the candidate is held to the base model it was trained from
-    (``gate.first_against_base``), so a run that made things worse names no champion.
+    (``gate.first_against_base``), so a run that made things worse names no champion. A
+    candidate that breaks a no-collapse guard against its base model (``gate.no_collapse``:
+    recall, objects named, words, degenerate text, POPE F1 per split) is never promoted.
 
     Args:
         stage2_summary: The stage-2 model's headline metrics.
@@ -200,7 +215,7 @@ def champion_gate_node(
         candidate: The registry's ``candidate`` version (``version``, ``tags``).
         champion: The current ``champion`` version, or ``None``.
         params: The ``evaluate`` parameters (``gate.max_pope_f1_drop``,
-            ``gate.first_against_base``).
+            ``gate.first_against_base``, ``gate.no_collapse``).
 
     Returns:
         The alias update for the registry (``version`` ``None``: no alias moves), and the
@@ -222,6 +237,10 @@ def champion_gate_node(
                 "move the alias by hand if the candidate should replace it"
             ),
         )
+    elif failures := collapse_failures(
+        stage2_summary, base_summary, params["gate"].get("no_collapse") or {}
+    ):
+        promote, reason = False, "it breaks a no-collapse guard: " + "; ".join(failures)
     else:
         gate = params["gate"]
         base = {k: base_summary[k] for k in ("chair_s", "pope_f1_mean")}

@@ -24,6 +24,7 @@ SHARED_INPUTS = {
     "pope_popular",
     "pope_adversarial",
     "cooccurrence_partners",
+    "description_grammar",
     "mmhal_bench",
     "judge_client",
 }
@@ -62,6 +63,7 @@ def _evaluate_one_model() -> Pipeline:
                     "object_synonyms",
                     "cooccurrence_partners",
                     "mmhal",
+                    "description_grammar",
                 ],
                 outputs=["chair", "pope", "summary"],
                 name="score_node",

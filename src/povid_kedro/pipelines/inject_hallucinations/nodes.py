@@ -10,6 +10,7 @@ import pandas as pd
 from povid_kedro.hallucination import (
     TASK_TYPES,
     ClientConfig,
+    InjectConfig,
     InjectionCache,
     diff_report,
     make_injector,
@@ -51,9 +52,10 @@ def inject_hallucinations_node(
         [ground_truth_train.assign(split="train"), ground_truth_eval.assign(split="eval")],
         ignore_index=True,
     )
-    # POVID builds pairs from descriptions and reasoning answers; other ground truth (one-word
-    # VQA answers the base model learns from) has nothing to hallucinate into.
-    injectable = samples["task_type"].isin(TASK_TYPES)
+    # POVID builds pairs from descriptions and reasoning answers; one-word VQA answers only
+    # when type_mix lists the task (their rejection is the answer turned around).
+    tasks = [t for t in TASK_TYPES if t in InjectConfig.from_dict(params).type_mix]
+    injectable = samples["task_type"].isin(tasks)
     left_out = samples.loc[~injectable, "task_type"].value_counts().to_dict()
     if left_out:
         logger.info(
@@ -61,7 +63,7 @@ def inject_hallucinations_node(
             "pairs (only %s are)",
             int((~injectable).sum()),
             left_out,
-            list(TASK_TYPES),
+            tasks,
         )
     samples = samples[injectable].reset_index(drop=True)
     injector = make_injector(
@@ -101,8 +103,12 @@ def export_pairs_node(
         params: The ``inject_hallucinations`` parameters (``report_samples``).
 
     Returns:
-        POVID-format records, trl rows (``image, prompt, chosen, rejected`` + ``split``), and a
-        markdown sample report with the changed words highlighted.
+        POVID-format records, trl rows (``image, prompt, chosen, rejected`` + ``id, split,
+        task_type``), and a markdown sample report with the changed words highlighted.
     """
-    trl = to_trl_rows(pairs).assign(id=pairs["id"].to_numpy(), split=pairs["split"].to_numpy())
+    trl = to_trl_rows(pairs).assign(
+        id=pairs["id"].to_numpy(),
+        split=pairs["split"].to_numpy(),
+        task_type=pairs["task_type"].astype(str).to_numpy(),
+    )
     return to_povid_json(pairs), trl, diff_report(pairs, n=int(params["report_samples"]))
