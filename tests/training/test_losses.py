@@ -16,6 +16,7 @@ from povid_kedro.training.losses import (
     per_token_logps,
     sequence_logps,
     teacher_forced_noisy_logps,
+    without_end,
 )
 
 
@@ -124,3 +125,16 @@ def test_image_dependent_positions_keep_only_what_the_pixels_decided():
     clean_logps, _ = per_token_logps(clean, labels)
     rejected_logps, _ = per_token_logps(clean, kept)
     assert torch.equal((clean_logps != rejected_logps)[0], torch.tensor([True, False, False]))
+
+
+def test_without_end_restores_only_the_last_answer_token():
+    labels = torch.tensor(
+        [[IGNORE_INDEX, 1, 2, 3, IGNORE_INDEX], [IGNORE_INDEX, IGNORE_INDEX, 1, 3, 2]]
+    )
+    noisy = torch.tensor(
+        [[IGNORE_INDEX, 0, 0, 0, IGNORE_INDEX], [IGNORE_INDEX, IGNORE_INDEX, 0, 0, 0]]
+    )
+    assert without_end(noisy, labels).tolist() == [
+        [IGNORE_INDEX, 0, 0, 3, IGNORE_INDEX],
+        [IGNORE_INDEX, IGNORE_INDEX, 0, 0, 2],
+    ]

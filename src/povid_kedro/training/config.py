@@ -281,6 +281,10 @@ class Stage2Config(StageConfig):
             noisy-image argmax differs (the official code), or `"image_dependent"` ones only:
             where the clean-image argmax is the ground truth and the noisy one is not, so that
             the image, not a wording preference, made the difference.
+        noise_contrast_end (`bool`, *optional*, defaults to `True`):
+            Whether the teacher-forced `y_n-` may differ at `y+`'s last token (its end). Under
+            noise a model goes on naming objects where the ground truth ends, so contrasting
+            there teaches it to stop early; `False` keeps the branch on what the image shows.
     """
 
     hallucination_weight: float = _help(0.5, "w_h: weight of DPO(y+ vs y_h-).")
@@ -288,6 +292,7 @@ class Stage2Config(StageConfig):
     noise_positions: str = _help(
         "all", "Teacher-forced y_n-: 'all' positions (official) or 'image_dependent' ones."
     )
+    noise_contrast_end: bool = _help(True, "Teacher-forced y_n-: contrast y+'s end token too.")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -102,6 +102,19 @@ def noisy_argmax_labels(noisy_logits: torch.Tensor, labels: torch.Tensor) -> tor
     return out
 
 
+def without_end(noisy_labels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The teacher-forced ``y_n-`` with ``y+``'s last answer token (its end) restored.
+
+    Under noise a model tends to go on naming objects where the ground truth ends; contrasted
+    there, the noise branch teaches when to stop (shorter answers) rather than what is in the
+    image.
+    """
+    answer = labels != IGNORE_INDEX
+    position = answer.long().cumsum(-1)
+    last = answer & (position == answer.sum(-1, keepdim=True))
+    return torch.where(last, labels, noisy_labels)
+
+
 def image_dependent_labels(
     noisy_labels: torch.Tensor, clean_logits: torch.Tensor, labels: torch.Tensor
 ) -> torch.Tensor:

@@ -76,6 +76,7 @@ from povid_kedro.training.losses import (
     length_desensitised_logps,
     noisy_argmax_labels,
     per_token_logps,
+    without_end,
 )
 
 logger = logging.getLogger(__name__)
@@ -347,6 +348,8 @@ class POVIDTrainer(DPOTrainer):
             noisy_labels = noisy_argmax_labels(noisy_logits, labels[:b])
             if getattr(self.stage_cfg, "noise_positions", "all") == "image_dependent":
                 noisy_labels = image_dependent_labels(noisy_labels, clean_logits[:b], labels[:b])
+            if not getattr(self.stage_cfg, "noise_contrast_end", True):
+                noisy_labels = without_end(noisy_labels, labels[:b])
             terms["noisy"] = per_token_logps(clean_logits[:b], noisy_labels)
         return terms
 
