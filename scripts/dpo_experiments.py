@@ -112,7 +112,7 @@ class ValidationSplit:
             self.world.synonyms,
             self.partners,
             {"skipped": "not run by the experiment driver"},
-            self.world.description_grammar,
+            {"sentence_forms": self.world.description_grammar},
         )
         self.last_degenerate = chair["degenerate"]["examples"][:5]
         return row

@@ -134,7 +134,7 @@ def score_node(
     object_synonyms: str,
     cooccurrence_partners: dict[str, str | None],
     mmhal: dict[str, Any],
-    description_grammar: dict[str, Any] | list[str] | None = None,
+    description_grammar: dict[str, list[str]] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, float]]:
     """CHAIR, POPE, the co-occurrence rates and degenerate descriptions of one model.
 
@@ -165,11 +165,7 @@ def score_node(
         )
     else:
         logger.info("no co-occurrence partners configured: co-occurrence ratio skipped")
-    forms = (
-        description_grammar.get("sentence_forms", [])
-        if isinstance(description_grammar, dict)
-        else list(description_grammar or [])
-    )
+    forms = (description_grammar or {}).get("sentence_forms", [])
     degenerate = DegenerateChecker(forms).score(captions)
     row = summary_row(chair, pope, cooccurrence, mmhal, degenerate)
     logger.info(
