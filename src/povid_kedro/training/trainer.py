@@ -346,9 +346,11 @@ class POVIDTrainer(DPOTrainer):
             assert noisy_logits is not None
             # Each model's own noisy argmax, scored by its own clean logits of y+.
             noisy_labels = noisy_argmax_labels(noisy_logits, labels[:b])
-            if getattr(self.stage_cfg, "noise_positions", "all") == "image_dependent":
+            cfg = self.stage_cfg
+            assert isinstance(cfg, Stage2Config)  # teacher-forced y_n- exists in stage 2 only
+            if cfg.noise_positions == "image_dependent":
                 noisy_labels = image_dependent_labels(noisy_labels, clean_logits[:b], labels[:b])
-            if not getattr(self.stage_cfg, "noise_contrast_end", True):
+            if not cfg.noise_contrast_end:
                 noisy_labels = without_end(noisy_labels, labels[:b])
             terms["noisy"] = per_token_logps(clean_logits[:b], noisy_labels)
         return terms
