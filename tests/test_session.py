@@ -63,9 +63,11 @@ def test_world_and_ingest_run_in_a_kedro_session_and_track_to_mlflow(project: Pa
     run_pipeline(project, "inject_hallucinations")
     pairs = pd.read_parquet(project / "data" / "04_feature" / "preference_pairs.parquet")
     failures = pd.read_csv(project / "data" / "04_feature" / "injection_failures.csv")
-    # Pairs come from descriptions, reasoning and (answer turned around) one-word VQA rows.
-    assert len(pairs) + len(failures) == len(train) + len(evaluation)
-    assert set(pairs["task_type"]) == {"description", "reasoning", "vqa"}
+    # Pairs come from descriptions and reasoning; the one-word VQA rows are counted, not paired
+    # (the default type_mix does not list vqa).
+    injectable = train["task_type"].ne("vqa").sum() + evaluation["task_type"].ne("vqa").sum()
+    assert len(pairs) + len(failures) == injectable
+    assert set(pairs["task_type"]) == {"description", "reasoning"}
     assert (pairs["rejected"] != pairs["answer"]).all()
     trl = pd.read_parquet(project / "data" / "05_model_input" / "trl_preferences.parquet")
     assert {"image", "prompt", "chosen", "rejected"} <= set(trl.columns)
@@ -74,8 +76,9 @@ def test_world_and_ingest_run_in_a_kedro_session_and_track_to_mlflow(project: Pa
         [experiment.experiment_id], "tags.`mlflow.runName` = 'inject_hallucinations'"
     )
     assert runs[0].data.metrics["inject.pairs"] == len(pairs)
-    assert "inject.not_injected_vqa" not in runs[0].data.metrics
-    assert {"task_type"} <= set(trl.columns)
+    not_paired = (train["task_type"] == "vqa").sum() + (evaluation["task_type"] == "vqa").sum()
+    assert runs[0].data.metrics["inject.not_injected_vqa"] == not_paired
+    assert "task_type" in trl.columns
 
 
 TINY_MODEL = {

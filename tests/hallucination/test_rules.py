@@ -323,7 +323,8 @@ def _vqa_rows(n: int) -> pd.DataFrame:
 
 def test_one_word_answers_are_turned_around(base_params, corpus):
     samples = pd.concat([corpus.head(40), _vqa_rows(10)], ignore_index=True)
-    _, result = _run(base_params, samples)
+    params = deep_merge(base_params, {"type_mix": {"vqa": {"answer_flip": 1.0}}})
+    _, result = _run(params, samples)
     vqa = result.pairs[result.pairs["task_type"] == "vqa"]
     assert len(vqa) == 10 and set(vqa["hallucination_type"]) == {"answer_flip"}
     assert (vqa["rejected"] == vqa["answer"].map({"Yes": "No", "No": "Yes"})).all()
