@@ -20,7 +20,6 @@ A variant's overrides are ``{"stage1": {...}, "stage2": {...}, "noise": {...}, "
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import os
@@ -37,6 +36,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from kedro.config import OmegaConfigLoader  # noqa: E402
+from tune_base_model import deep_merge  # noqa: E402
 
 from povid_kedro.images import ImageFolder  # noqa: E402
 from povid_kedro.modeling import load_model_dir  # noqa: E402
@@ -68,17 +68,6 @@ HEADLINE = (
     "pope_random_yes_ratio",
     "pope_adversarial_yes_ratio",
 )
-
-
-def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with ``over`` merged in, recursively (neither is modified)."""
-    out = copy.deepcopy(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 class ValidationSplit:
