@@ -656,7 +656,7 @@ class RuleInjector(Injector):
         if len(present) < 2:
             return None
         old = rng.choice(present)
-        text = analysis.text.strip()
+        text = analysis.text  # match offsets are into this text: it is not stripped
         bounds = [0, *(m.end() for m in _SENTENCE_END.finditer(text)), len(text)]
         sentences = [text[a:b].strip() for a, b in zip(bounds, bounds[1:], strict=False)]
         starts = bounds[:-1]
