@@ -658,11 +658,10 @@ class RuleInjector(Injector):
         old = rng.choice(present)
         text = analysis.text  # match offsets are into this text: it is not stripped
         bounds = [0, *(m.end() for m in _SENTENCE_END.finditer(text)), len(text)]
-        sentences = [text[a:b].strip() for a, b in zip(bounds, bounds[1:], strict=False)]
-        starts = bounds[:-1]
+        spans = list(zip(bounds, bounds[1:], strict=False))  # (start, end) of each sentence
+        sentences = [text[a:b].strip() for a, b in spans]
         drop: set[int] = set()
-        for i, start in enumerate(starts):
-            end = bounds[i + 1]
+        for i, (start, end) in enumerate(spans):
             if any(m.payload[0] == old and start <= m.start < end for m in analysis.get(OBJECT)):
                 drop.add(i)
                 # A following sentence that refers back ("It is partly covered.") goes with it.

@@ -244,8 +244,11 @@ class StageConfig:
             raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
         if self.sft_weight < 0:
             raise ValueError(f"sft_weight must be >= 0, got {self.sft_weight}")
-        if type(self) is StageConfig and self.hallucination_weight + self.sft_weight <= 0:
-            raise ValueError("hallucination_weight + sft_weight must be > 0 (nothing to train)")
+        if self.dpo_weight_total() + self.sft_weight <= 0:
+            raise ValueError(
+                "the DPO branch weights + sft_weight must be > 0 (nothing to train), got "
+                f"{self.dpo_weight_total()} + {self.sft_weight}"
+            )
         if self.ld_alpha is not None and not 0.0 <= self.ld_alpha <= 1.0:
             raise ValueError(f"ld_alpha must be in [0, 1] or None, got {self.ld_alpha}")
         for name in ("batch_size", "gradient_accumulation_steps", "max_length"):
@@ -257,6 +260,10 @@ class StageConfig:
             raise ValueError("set max_steps > 0 or num_train_epochs > 0")
         if isinstance(self.lora, dict):
             self.lora = LoraSettings.from_dict(self.lora)
+
+    def dpo_weight_total(self) -> float:
+        """Sum of this stage's DPO branch weights (0: the SFT-only control)."""
+        return self.hallucination_weight
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None, where: str = "stage") -> StageConfig:
@@ -302,10 +309,10 @@ class Stage2Config(StageConfig):
             raise ValueError(
                 f"noise_positions must be one of {NOISE_POSITIONS}, got {self.noise_positions!r}"
             )
-        if self.hallucination_weight + self.noise_weight + self.sft_weight <= 0:
-            raise ValueError(
-                "hallucination_weight + noise_weight + sft_weight must be > 0 (nothing to train)"
-            )
+
+    def dpo_weight_total(self) -> float:
+        """Sum of this stage's DPO branch weights (0: the SFT-only control)."""
+        return self.hallucination_weight + self.noise_weight
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None, where: str = "stage2") -> Stage2Config:

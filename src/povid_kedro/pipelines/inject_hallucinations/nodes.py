@@ -54,7 +54,8 @@ def inject_hallucinations_node(
     )
     # POVID builds pairs from descriptions and reasoning answers; one-word VQA answers only
     # when type_mix lists the task (their rejection is the answer turned around).
-    tasks = [t for t in TASK_TYPES if t in InjectConfig.from_dict(params).type_mix]
+    config = InjectConfig.from_dict(params)
+    tasks = [t for t in TASK_TYPES if t in config.type_mix]
     injectable = samples["task_type"].isin(tasks)
     left_out = samples.loc[~injectable, "task_type"].value_counts().to_dict()
     if left_out:
@@ -67,7 +68,7 @@ def inject_hallucinations_node(
         )
     samples = samples[injectable].reset_index(drop=True)
     injector = make_injector(
-        params, client_config=openai_client, cache=injection_cache, synonyms=object_synonyms
+        config, client_config=openai_client, cache=injection_cache, synonyms=object_synonyms
     )
     result = injector.inject(samples.drop(columns="split"), train_images.open)
     splits = dict(zip(samples["id"], samples["split"], strict=True))
