@@ -16,9 +16,15 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
+from PIL import Image
 
 from povid_kedro.modeling import build_model_and_processor, save_model_dir
-from povid_kedro.training.registry import encode_image, log_and_register
+from povid_kedro.training.registry import (
+    RequestError,
+    decode_image,
+    encode_image,
+    log_and_register,
+)
 from tests.modeling.conftest import PROMPT
 from tests.training.conftest import MODEL_CFG
 
@@ -42,7 +48,7 @@ def registry(tmp_path_factory, tokenizer):
         tracking_uri=uri,
         extra_artifacts={"report": root / "notes.txt"},
         experiment_name="povid",
-        model_config={"max_new_tokens": 8},
+        model_config={"max_new_tokens": 8, "max_image_pixels": 1_000_000},
     )
     return uri, version, root
 
@@ -55,7 +61,10 @@ def test_register_load_by_alias_and_predict(registry, images):
     try:
         client = mlflow.MlflowClient()
         assert str(client.get_model_version_by_alias(NAME, "candidate").version) == "1"
-        loaded = mlflow.pyfunc.load_model(f"models:/{NAME}@candidate")
+        loaded = mlflow.pyfunc.load_model(
+            f"models:/{NAME}@candidate", model_config={"allow_paths": True}
+        )
+        served_like = mlflow.pyfunc.load_model(f"models:/{NAME}@candidate")
     finally:
         mlflow.set_tracking_uri(before)
     image = images["img/0.png"]
@@ -68,6 +77,21 @@ def test_register_load_by_alias_and_predict(registry, images):
     # The same image, base64 or path, greedy: the same description.
     assert answers[0] == answers[1]
     assert loaded.predict(frame[["image"]].iloc[:1]) == answers[:1]
+    # Without allow_paths (what a server loads) a path is refused like any non-image text.
+    with pytest.raises(RequestError, match="not base64 image data"):
+        served_like.predict(frame.iloc[1:])
+
+
+def test_decode_image_refuses_paths_unless_allowed(tmp_path, images):
+    images["img/0.png"].save(tmp_path / "a.png")
+    with pytest.raises(RequestError) as real:
+        decode_image(str(tmp_path / "a.png"))
+    with pytest.raises(RequestError) as missing:
+        decode_image(str(tmp_path / "missing.png"))
+    assert real.value.message.replace("a.png", "X") == missing.value.message.replace(
+        "missing.png", "X"
+    )
+    assert decode_image(str(tmp_path / "a.png"), allow_paths=True).size == images["img/0.png"].size
 
 
 def _free_port() -> int:
@@ -124,9 +148,68 @@ def test_served_model_describes_an_image(registry, images, tmp_path):
         }
         predictions = _post(f"{base}/invocations", payload)["predictions"]
         assert len(predictions) == 1 and isinstance(predictions[0], str)
+        _bad_payloads_get_400_and_the_server_keeps_answering(f"{base}/invocations", payload, images)
     finally:
         _stop_group(server)
         log.close()
+
+
+def _rows(*rows: list) -> dict:
+    return {"dataframe_split": {"columns": ["image", "prompt"], "data": list(rows)}}
+
+
+def _bad_payloads_get_400_and_the_server_keeps_answering(url, good, images) -> None:
+    """Each bad request: 400, a message naming the problem, no traceback, no server path."""
+    scene = images["img/1.png"]
+    real_path = str(Path(__file__).resolve())
+    huge = Image.new("RGB", (2500, 2500), (10, 20, 30))  # 6.25 M pixels, a few KB as PNG
+    cases = {
+        "a path that exists": (_rows([real_path, PROMPT]), "not base64 image data"),
+        "a path that does not": (_rows(["/no/such/file.png", PROMPT]), "not base64 image data"),
+        "/etc/hostname": (_rows(["/etc/hostname", PROMPT]), "not base64 image data"),
+        "not an image": (_rows(["aGVsbG8gd29ybGQ=", PROMPT]), "cannot be decoded"),
+        "too many pixels": (_rows([encode_image(huge), PROMPT]), "larger than the limit"),
+        "too many rows": (
+            _rows(*[[encode_image(scene), PROMPT]] * 40),
+            "40 rows in one request; the limit is 32",
+        ),
+        "a 3,000-word prompt": (
+            _rows([encode_image(scene), "<image>\n" + "describe " * 3000]),
+            "longer than 1024 tokens",
+        ),
+        "past the context": (
+            _rows([encode_image(scene), "<image>\n" + "red " * 480]),
+            "exceed the model's context of",
+        ),
+        "max_new_tokens too large": (
+            {**good, "params": {"max_new_tokens": 100000}},
+            "outside 1..512",
+        ),
+    }
+    messages = {}
+    for name, (payload, expected) in cases.items():
+        status, body = _post_status(url, payload)
+        assert status == 400, (name, status, body)
+        message = json.loads(body)["message"]
+        assert expected in message, (name, message)
+        assert "Traceback" not in body and "stack_trace" not in body, (name, body)
+        assert "site-packages" not in body and "povid_kedro/" not in body, (name, body)
+        messages[name] = message.split("Error:")[-1]
+    # No file-existence oracle: the same answer for a real path, a missing one, a system file.
+    answers = {messages[n].split("'")[-1] for n in ("a path that exists", "a path that does not")}
+    assert len(answers) == 1
+    assert len(_post(url, good)["predictions"]) == 1  # still answering
+
+
+def _post_status(url: str, payload: dict) -> tuple[int, str]:
+    request = urllib.request.Request(
+        url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
 
 
 def _stop_group(process: subprocess.Popen) -> None:
