@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+WEIGHTS_TAG = "weights_sha256"  # the registered version's weights digest
+EVAL_SET_TAGS = ("eval_set", "eval_images", "eval_pope_questions")
 
 
 def champion_decision(
@@ -126,3 +131,83 @@ def metrics_from_tags(tags: Mapping[str, Any]) -> dict[str, float] | None:
         return {"chair_s": float(tags["chair_s"]), "pope_f1_mean": float(tags["pope_f1_mean"])}
     except (KeyError, TypeError, ValueError):
         return None
+
+
+def provenance_failure(
+    candidate_version: int, candidate_tags: Mapping[str, Any], evaluated_digest: str
+) -> str | None:
+    """Why the evaluated model is not provably the registered candidate, or ``None``.
+
+    Args:
+        candidate_version: The version the candidate alias points at.
+        candidate_tags: Its tags (``weights_sha256`` set at registration).
+        evaluated_digest: The weights digest of the model directory that was evaluated.
+    """
+    registered = candidate_tags.get(WEIGHTS_TAG)
+    if registered == evaluated_digest:
+        return None
+    what = f"weights {registered[:12]}" if registered else "no recorded weights digest"
+    return (
+        f"the evaluated stage-2 model (weights {evaluated_digest[:12]}) is not registry version "
+        f"{candidate_version} ({what}): the model directory and the candidate alias come from "
+        "different runs (e.g. a run stopped between saving and registering); rerun "
+        "`kedro run --pipeline dpo_training` and then evaluate"
+    )
+
+
+def evaluation_set(
+    captions: Sequence[Mapping[str, Any]],
+    pope_answers: Mapping[str, Sequence[Mapping[str, Any]]],
+    pope_questions: Mapping[str, Sequence[Mapping[str, Any]]],
+    instances: Mapping[str, Any],
+) -> dict[str, Any]:
+    """What an evaluation measured on: a digest of the described images' ground truth and the
+    answered POPE questions, with their counts (stored on the champion with its metrics).
+
+    Args:
+        captions: The described images (``image_id``).
+        pope_answers: Split -> the answers given (the first ``len`` questions were asked).
+        pope_questions: Split -> the questions.
+        instances: COCO instances of the evaluation images.
+    """
+    ids = sorted({str(c["image_id"]) for c in captions})
+    wanted = set(ids)
+    truth = sorted(
+        (str(a["image_id"]), str(a["category_id"]))
+        for a in instances.get("annotations", [])
+        if str(a["image_id"]) in wanted
+    )
+    asked = {
+        split: [
+            [str(q.get("image")), str(q.get("text")), str(q.get("label"))]
+            for q in pope_questions[split][: len(answers)]
+        ]
+        for split, answers in sorted(pope_answers.items())
+    }
+    blob = json.dumps([ids, truth, asked], sort_keys=True).encode()
+    return {
+        "eval_set": hashlib.sha256(blob).hexdigest()[:16],
+        "eval_images": len(ids),
+        "eval_pope_questions": sum(len(q) for q in asked.values()),
+    }
+
+
+def evaluation_set_failure(
+    champion_tags: Mapping[str, Any], current: Mapping[str, Any]
+) -> str | None:
+    """Why the champion's metrics cannot be compared with this evaluation's, or ``None``."""
+    recorded = {key: champion_tags.get(key) for key in EVAL_SET_TAGS}
+    if recorded["eval_set"] is None:
+        return (
+            "the champion's metrics carry no record of the evaluation set they were measured "
+            "on; move the alias by hand if the candidate should replace it"
+        )
+    if str(recorded["eval_set"]) == str(current["eval_set"]):
+        return None
+    return (
+        f"the champion was measured on another evaluation set ({recorded['eval_images']} images, "
+        f"{recorded['eval_pope_questions']} POPE questions, set {recorded['eval_set']}) than "
+        f"this run ({current['eval_images']} images, {current['eval_pope_questions']} POPE "
+        f"questions, set {current['eval_set']}); evaluate both on the same set (same "
+        "evaluate.max_images / max_pope_questions and data) or move the alias by hand"
+    )

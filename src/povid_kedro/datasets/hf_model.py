@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kedro.io import AbstractDataset
 
-from povid_kedro.modeling.hf_dir import load_model_dir, save_model_dir
+from povid_kedro.modeling.hf_dir import COMPLETE_FILE, load_model_dir, save_model_dir_atomic
 
 REFERENCE_FILE = "model_reference.json"
 
@@ -27,8 +28,10 @@ class HFModelDataset(AbstractDataset[Any, tuple[Any, Any]]):
 
     ``load`` returns ``(model, processor)`` through ``AutoModelForImageTextToText`` and
     ``AutoProcessor``, validated (image token, chat template, image token count). ``save`` takes
-    ``(model, processor)`` and writes both with ``save_pretrained``, or a
-    :class:`ModelReference`, which writes only a pointer to the directory it names.
+    ``(model, processor)`` and writes both with ``save_pretrained`` into a temporary sibling
+    directory that replaces the old one only when complete (with ``povid_model.json``: the
+    weights digest and the MLflow run that wrote it), or a :class:`ModelReference`, which
+    writes only a pointer to the directory it names.
 
     Args:
         path: The directory.
@@ -58,17 +61,35 @@ class HFModelDataset(AbstractDataset[Any, tuple[Any, Any]]):
         return load_model_dir(self._resolved(), dtype=self._dtype, device=self._device)
 
     def save(self, data: Any) -> None:
-        self._path.mkdir(parents=True, exist_ok=True)
-        reference = self._path / REFERENCE_FILE
         if isinstance(data, ModelReference):
-            reference.write_text(json.dumps({"path": str(Path(data.path).resolve())}))
+            self._path.mkdir(parents=True, exist_ok=True)
+            for entry in self._path.iterdir():  # a pointer replaces a saved model whole
+                if entry.is_dir():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+            (self._path / REFERENCE_FILE).write_text(
+                json.dumps({"path": str(Path(data.path).resolve())})
+            )
             return
-        reference.unlink(missing_ok=True)
         model, processor = data
-        save_model_dir(model, processor, self._path)
+        save_model_dir_atomic(model, processor, self._path, {"mlflow_run_id": _active_run_id()})
 
     def _exists(self) -> bool:
-        return (self._path / REFERENCE_FILE).is_file() or (self._path / "config.json").is_file()
+        # A directory this project wrote is complete only with its record (written last); one
+        # from elsewhere (a downloaded checkpoint) has its config and weights.
+        if (self._path / REFERENCE_FILE).is_file() or (self._path / COMPLETE_FILE).is_file():
+            return True
+        return (self._path / "config.json").is_file() and any(
+            self._path.glob("model*.safetensors*")
+        )
 
     def _describe(self) -> dict[str, Any]:
         return {"path": str(self._path), "dtype": self._dtype, "device": self._device}
+
+
+def _active_run_id() -> str | None:
+    import mlflow
+
+    run = mlflow.active_run()
+    return run.info.run_id if run else None

@@ -9,7 +9,9 @@ from kedro.io import AbstractDataset, DatasetError
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from povid_kedro.gate import WEIGHTS_TAG
 from povid_kedro.modeling import save_model_dir
+from povid_kedro.modeling.hf_dir import weights_digest
 from povid_kedro.training.registry import log_and_register
 
 
@@ -17,10 +19,11 @@ class MlflowRegistryDataset(AbstractDataset[Any, dict[str, Any] | None]):
     """``models:/<model_name>@<alias>``.
 
     ``save`` takes either ``(model, processor)``, which is logged into the active run as an
-    MLflow pyfunc model (``predict`` describes images), registered as a new version, and given
-    the alias; or ``{"version": v, "tags": {...}}``, which moves the alias to an existing version
-    and tags it (how ``evaluate`` promotes a champion). ``load`` returns
-    ``{"version", "tags", "run_id"}`` of the version the alias points at, or ``None``.
+    MLflow pyfunc model (``predict`` describes images), registered as a new version (tagged
+    with its weights digest, ``weights_sha256``), and given the alias; or ``{"version": v,
+    "tags": {...}}``, which moves the alias to an existing version and tags it (how
+    ``evaluate`` promotes a champion). ``load`` returns ``{"version", "tags", "run_id"}`` of
+    the version the alias points at, or ``None``.
 
     Args:
         model_name: Registered model name.
@@ -68,7 +71,13 @@ class MlflowRegistryDataset(AbstractDataset[Any, dict[str, Any] | None]):
             )
         with tempfile.TemporaryDirectory() as tmp:
             save_model_dir(*data, tmp)
-            log_and_register(tmp, self._model_name, self._alias, model_config=self._model_config)
+            log_and_register(
+                tmp,
+                self._model_name,
+                self._alias,
+                model_config=self._model_config,
+                version_tags={WEIGHTS_TAG: weights_digest(data[0])},
+            )
 
     def _exists(self) -> bool:
         return self.load() is not None

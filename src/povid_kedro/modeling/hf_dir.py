@@ -8,8 +8,11 @@ after minutes of loading weights or deep inside a forward pass.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -204,3 +207,55 @@ def save_model_dir(model: Any, processor: Any, path: str | os.PathLike[str]) -> 
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
     return directory
+
+
+def weights_digest(model: Any) -> str:
+    """SHA-256 of a model's weights as they are in memory: names, dtypes, shapes and bytes.
+
+    The same weights give the same digest whether just trained or loaded from a directory (in
+    the dtype they were saved in), so it proves which model a registry version holds.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{name}|{flat.dtype}|{tuple(tensor.shape)}\n".encode())
+        digest.update(flat.view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+COMPLETE_FILE = "povid_model.json"
+"""Written last into a model directory this project saves: without it a directory is partial."""
+
+
+def save_model_dir_atomic(
+    model: Any, processor: Any, path: str | os.PathLike[str], record: dict[str, Any]
+) -> Path:
+    """Save into a sibling temporary directory, then swap it in: a kill at any moment leaves
+    either the previous model or the new one at ``path``, never a mix or a half-written one.
+
+    Args:
+        model: The model.
+        processor: Its processor.
+        path: Target directory (replaced whole).
+        record: Written as :data:`COMPLETE_FILE` with the weights digest (``weights_sha256``).
+
+    Returns:
+        The directory.
+    """
+    import json
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{target.name}.partial-*"):
+        shutil.rmtree(stale, ignore_errors=True)  # left by a run killed while saving
+    tag = uuid.uuid4().hex[:8]
+    partial = target.parent / f".{target.name}.partial-{tag}"
+    save_model_dir(model, processor, partial)
+    complete = {**record, "weights_sha256": weights_digest(model)}
+    (partial / COMPLETE_FILE).write_text(json.dumps(complete, indent=2))
+    old = target.parent / f".{target.name}.old-{tag}"
+    if target.exists():
+        target.rename(old)
+    partial.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+    return target

@@ -324,6 +324,7 @@ def log_and_register(
     experiment_name: str | None = None,
     model_config: Mapping[str, Any] | None = None,
     artifact_name: str = "model",
+    version_tags: Mapping[str, str] | None = None,
 ) -> int:
     """Log a model directory as a :class:`PovidVLMModel`, register it, and set an alias.
 
@@ -339,6 +340,8 @@ def log_and_register(
         experiment_name: Experiment of the new run, when no run is active.
         model_config: :class:`PovidVLMModel` settings (``prompt``, ``max_new_tokens``, ...).
         artifact_name: Name of the logged model within the run.
+        version_tags: Tags set on the new version before the alias moves to it (e.g. the
+            weights digest the gate checks).
 
     Returns:
         The new registered model version.
@@ -377,6 +380,9 @@ def log_and_register(
                     model_config=served_config(model_config),
                 )
         version = int(info.registered_model_version)
-        MlflowClient().set_registered_model_alias(registered_name, alias, str(version))
+        client = MlflowClient()
+        for key, value in (version_tags or {}).items():
+            client.set_model_version_tag(registered_name, str(version), key, value)
+        client.set_registered_model_alias(registered_name, alias, str(version))
     logger.info("registered %s version %d as @%s", registered_name, version, alias)
     return version

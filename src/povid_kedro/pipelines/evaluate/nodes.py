@@ -16,7 +16,15 @@ from povid_kedro.evaluation import (
     report_markdown,
     summary_row,
 )
-from povid_kedro.gate import champion_decision, collapse_failures, metrics_from_tags
+from povid_kedro.gate import (
+    EVAL_SET_TAGS,
+    champion_decision,
+    collapse_failures,
+    evaluation_set,
+    evaluation_set_failure,
+    metrics_from_tags,
+    provenance_failure,
+)
 from povid_kedro.hallucination import ClientConfig
 from povid_kedro.images import ImageFolder
 from povid_kedro.metrics.chair import Chair
@@ -25,6 +33,7 @@ from povid_kedro.metrics.degenerate import DegenerateChecker
 from povid_kedro.metrics.judge import judge_mmhal
 from povid_kedro.metrics.mmhal import score_mmhal
 from povid_kedro.metrics.pope import score_pope
+from povid_kedro.modeling.hf_dir import weights_digest
 
 logger = logging.getLogger(__name__)
 
@@ -191,16 +200,38 @@ def to_mlflow_metrics(row: dict[str, float]) -> dict[str, dict[str, float]]:
     return {name: {"value": value, "step": 0} for name, value in row.items()}
 
 
+def weights_digest_node(model: tuple[Any, Any]) -> str:
+    """The evaluated model's weights digest (the gate checks it against the registry's)."""
+    return weights_digest(model[0])
+
+
+def evaluation_set_node(
+    captions: list[dict[str, Any]],
+    pope_answers: dict[str, list[dict[str, Any]]],
+    pope_random: list[dict[str, Any]],
+    pope_popular: list[dict[str, Any]],
+    pope_adversarial: list[dict[str, Any]],
+    eval_instances: dict[str, Any],
+) -> dict[str, Any]:
+    """What this evaluation measured on (digest and sizes), recorded with the champion."""
+    questions = dict(zip(POPE_SPLITS, (pope_random, pope_popular, pope_adversarial), strict=True))
+    return evaluation_set(captions, pope_answers, questions, eval_instances)
+
+
 def champion_gate_node(
     stage2_summary: dict[str, float],
     base_summary: dict[str, float],
+    stage2_digest: str,
+    eval_set: dict[str, Any],
     candidate: dict[str, Any] | None,
     champion: dict[str, Any] | None,
     params: dict[str, Any],
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Move ``champion`` to the stage-2 candidate only if it passes the gate.
 
-    With no champion yet, the candidate is held to the base model it was trained from
+    The evaluated model must be the registered candidate (same weights digest), and a
+    champion's metrics count only if measured on the same evaluation set. With no champion
+    yet, the candidate is held to the base model it was trained from
     (``gate.first_against_base``), so a run that made things worse names no champion. A
     candidate that breaks a no-collapse guard against its base model (``gate.no_collapse``:
     recall, objects named, words, degenerate text, POPE F1 per split) is never promoted.
@@ -208,6 +239,8 @@ def champion_gate_node(
     Args:
         stage2_summary: The stage-2 model's headline metrics.
         base_summary: The base model's, from the same evaluation.
+        stage2_digest: The evaluated stage-2 model's weights digest.
+        eval_set: The evaluation set's digest and sizes (:func:`evaluation_set_node`).
         candidate: The registry's ``candidate`` version (``version``, ``tags``).
         champion: The current ``champion`` version, or ``None``.
         params: The ``evaluate`` parameters (``gate.max_pope_f1_drop``,
@@ -223,7 +256,9 @@ def champion_gate_node(
         )
     metrics = {k: stage2_summary[k] for k in ("chair_s", "pope_f1_mean")}
     champion_metrics = metrics_from_tags(champion["tags"]) if champion else None
-    if champion and champion["version"] == candidate["version"]:
+    if not_same := provenance_failure(candidate["version"], candidate["tags"], stage2_digest):
+        promote, reason = False, not_same
+    elif champion and champion["version"] == candidate["version"]:
         promote, reason = False, f"version {candidate['version']} is already the champion"
     elif champion and champion_metrics is None:
         promote, reason = (
@@ -233,6 +268,8 @@ def champion_gate_node(
                 "move the alias by hand if the candidate should replace it"
             ),
         )
+    elif champion and (other_set := evaluation_set_failure(champion["tags"], eval_set)):
+        promote, reason = False, other_set
     elif failures := collapse_failures(
         stage2_summary, base_summary, params["gate"].get("no_collapse") or {}
     ):
@@ -247,7 +284,8 @@ def champion_gate_node(
             base=base if gate.get("first_against_base", True) else None,
         )
     logger.info("champion gate: %s (%s)", "promote" if promote else "keep", reason)
-    update = {"version": candidate["version"] if promote else None, "tags": metrics}
+    tags = {**metrics, **{key: eval_set[key] for key in EVAL_SET_TAGS}}
+    update = {"version": candidate["version"] if promote else None, "tags": tags}
     decision = {
         "promoted": promote,
         "reason": reason,
@@ -255,6 +293,7 @@ def champion_gate_node(
         "champion_version": candidate["version"] if promote else (champion or {}).get("version"),
         "candidate_metrics": metrics,
         "previous_champion_metrics": champion_metrics,
+        "evaluation_set": eval_set,
     }
     return update, decision
 

@@ -6,10 +6,12 @@ from .nodes import (
     answer_pope_node,
     champion_gate_node,
     describe_eval_images_node,
+    evaluation_set_node,
     mmhal_node,
     report_node,
     score_node,
     to_mlflow_metrics,
+    weights_digest_node,
 )
 
 # Namespace -> the catalog entry of the model it evaluates.
@@ -88,11 +90,32 @@ def create_pipeline(**kwargs) -> Pipeline:
         )
         for namespace, model in MODELS.items()
     ]
+    digest = Node(
+        func=weights_digest_node,
+        inputs="stage2_model",
+        outputs="stage2_weights_digest",
+        name="weights_digest_node",
+    )
+    eval_set = Node(
+        func=evaluation_set_node,
+        inputs=[
+            "stage2.captions",
+            "stage2.pope_answers",
+            "pope_random",
+            "pope_popular",
+            "pope_adversarial",
+            "eval_instances",
+        ],
+        outputs="evaluation_set",
+        name="evaluation_set_node",
+    )
     gate = Node(
         func=champion_gate_node,
         inputs=[
             "stage2.summary",
             "base.summary",
+            "stage2_weights_digest",
+            "evaluation_set",
             "stage2_candidate",
             "champion",
             "params:evaluate",
@@ -109,4 +132,4 @@ def create_pipeline(**kwargs) -> Pipeline:
         outputs=["evaluation_report", "evaluation_figure"],
         name="report_node",
     )
-    return Pipeline([*per_model, gate, report])
+    return Pipeline([*per_model, digest, eval_set, gate, report])
