@@ -162,8 +162,18 @@ def test_every_pipeline_in_a_kedro_session(project: Path):
     registered = client.get_model_version_by_alias("povid-tiny", "champion")
     assert int(registered.version) == 1
     assert float(registered.tags["chair_s"]) == evaluated["stage2.chair_s"]
+    # The champion is the evaluated model (the weights digest the directory's record and the
+    # registration both hold), measured on this run's evaluation set (12 images).
+    record = json.loads(
+        (project / "data" / "06_models" / "stage2_model" / "povid_model.json").read_text()
+    )
+    assert registered.tags["weights_sha256"] == record["weights_sha256"]
+    assert record["mlflow_run_id"] == by_name["dpo_training"].info.run_id
+    assert registered.tags["eval_images"] == "12"
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
-    served = mlflow.pyfunc.load_model("models:/povid-tiny@champion")
+    served = mlflow.pyfunc.load_model(
+        "models:/povid-tiny@champion", model_config={"allow_paths": True}
+    )
     image = next((project / "data" / "01_raw" / "world" / "val2014").glob("*.png"))
     answers = served.predict(pd.DataFrame({"image": [str(image)]}), params={"max_new_tokens": 4})
     assert len(answers) == 1 and isinstance(answers[0], str)

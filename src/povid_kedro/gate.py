@@ -81,6 +81,15 @@ _GUARDS = {
 }
 
 
+def check_guard_names(guards: Mapping[str, float]) -> None:
+    """Raise ``ValueError`` naming any guard that does not exist (a typo would go unchecked)."""
+    unknown = sorted(set(guards) - set(_GUARDS))
+    if unknown:
+        raise ValueError(
+            f"evaluate.gate.no_collapse: unknown guard(s) {unknown}; known: {sorted(_GUARDS)}"
+        )
+
+
 def collapse_failures(
     candidate: Mapping[str, float], base: Mapping[str, float], guards: Mapping[str, float]
 ) -> list[str]:
@@ -97,11 +106,7 @@ def collapse_failures(
     Returns:
         One sentence per broken guard (empty: none broken).
     """
-    unknown = sorted(set(guards) - set(_GUARDS))
-    if unknown:
-        raise ValueError(
-            f"evaluate.gate.no_collapse: unknown guard(s) {unknown}; known: {sorted(_GUARDS)}"
-        )
+    check_guard_names(guards)
     failures = []
     for name, bound in guards.items():
         keys, kind = _GUARDS[name]

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import fcntl
 import importlib
+import json
 import logging
+import os
 import pkgutil
+import signal
+import socket
+import sqlite3
 import time
+from pathlib import Path
 from typing import Any
 
 from kedro.framework.hooks import hook_impl
 from kedro.io import DataCatalog
 from kedro.pipeline import Node, Pipeline
+
+from povid_kedro.params import ParameterError, validate_group
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +50,7 @@ class UpstreamCheckHooks:
     node with a file-not-found error about a path, not about the step that makes it.
     """
 
-    @hook_impl
+    @hook_impl(tryfirst=True)  # before kedro-mlflow opens a run that would then end FINISHED
     def before_pipeline_run(
         self, run_params: dict[str, Any], pipeline: Pipeline, catalog: DataCatalog
     ) -> None:
@@ -94,3 +103,311 @@ class NodeTimerHooks:
             summary = ", ".join(f"{name} {s:.1f} s" for name, s in self._seconds.items())
             logger.info("node times: %s", summary)
         self._seconds = {}
+
+
+class ParameterCheckHooks:
+    """Check every parameter group a run uses, and what can be known to fail, before the first
+    node: a typo or a wrong type must not cost a stage-1 training (or pass unnoticed)."""
+
+    def __init__(self) -> None:
+        self._conf: Path | None = None
+        self._env: str | None = None
+
+    @hook_impl
+    def after_context_created(self, context: Any) -> None:
+        self._conf = Path(context.config_loader.conf_source)
+        self._env = context.env
+
+    @hook_impl(tryfirst=True)
+    def before_pipeline_run(
+        self, run_params: dict[str, Any], pipeline: Pipeline, catalog: DataCatalog
+    ) -> None:
+        groups = sorted(
+            {
+                name[len("params:") :].split(".")[0]
+                for name in pipeline.inputs()
+                if name.startswith("params:")
+            }
+        )
+        parameters = catalog.load("parameters")
+        for group in groups:
+            if group in parameters:
+                validate_group(group, parameters[group], self._source(group, run_params))
+        self._check_noisy_responses(pipeline, catalog, parameters)
+
+    def _source(self, group: str, run_params: dict[str, Any]) -> str:
+        """The files that define ``group`` (base and the run's environment), and ``--params``."""
+        files = []
+        if self._conf is not None:
+            for env in dict.fromkeys(("base", self._env or "local")):
+                for path in sorted((self._conf / env).glob("**/parameters*.yml")):
+                    if any(line.startswith(f"{group}:") for line in path.read_text().splitlines()):
+                        files.append(str(path.relative_to(self._conf.parent)))
+        runtime = run_params.get("runtime_params") or {}
+        if any(str(key).split(".")[0] == group for key in runtime):
+            files.append("--params")
+        return ", ".join(files) or "no file defines it"
+
+    @staticmethod
+    def _check_noisy_responses(
+        pipeline: Pipeline, catalog: DataCatalog, parameters: dict[str, Any]
+    ) -> None:
+        """Stage 2 in ``generated`` mode needs the free answers under noise, made beforehand."""
+        mode = (parameters.get("noise_trigger") or {}).get("mode")
+        needs = "noisy_responses" in pipeline.inputs()
+        if mode != "generated" or not needs or not catalog.exists("noisy_responses"):
+            return
+        responses = catalog.load("noisy_responses")
+        if "noisy_rejected" not in responses or responses["noisy_rejected"].isna().all():
+            raise ParameterError(
+                "noise_trigger.mode is 'generated' but noisy_responses holds no free answers "
+                "under noise (it was made in teacher_forced mode): run `kedro run --pipeline "
+                "noise_trigger` with noise_trigger.mode: generated first"
+            )
+
+
+class StoreError(RuntimeError):
+    """The MLflow store cannot be used as it is; the message names the file and the fix."""
+
+
+class RunLockedError(RuntimeError):
+    """Another run of this project is in progress."""
+
+
+LOCK_FILE = ".kedro-run.lock"
+
+
+class RunGuardHooks:
+    """One run at a time per project, an MLflow store that is what it claims to be, and run
+    records that say how a run ended.
+
+    - The MLflow store is checked before kedro-mlflow opens it: a zero-byte or unreadable
+      ``mlflow.db`` would otherwise become a new empty store (runs, registry and champion
+      gone without a word), and a store copied from another project would keep writing
+      artifacts into that project's ``mlruns/``.
+    - A run holds an exclusive lock on ``.kedro-run.lock`` (released by the OS when the process
+      dies, even by SIGKILL); a second run fails at once, naming the first.
+    - SIGINT and SIGTERM end the MLflow run as KILLED (not FINISHED, as MLflow's exit handler
+      would); a run that died by SIGKILL is marked KILLED, and its unfinished logged models
+      FAILED, by the next run that takes the lock.
+    """
+
+    def __init__(self) -> None:
+        self._root: Path | None = None
+        self._lock: Any = None
+        self._previous: dict[str, Any] = {}
+        self._handlers: dict[int, Any] = {}
+
+    @hook_impl(tryfirst=True)  # before kedro-mlflow's hook creates or opens the store
+    def after_context_created(self, context: Any) -> None:
+        self._root = Path(context.project_path)
+        loader = context.config_loader
+        if "mlflow" not in loader.config_patterns:
+            loader.config_patterns.update({"mlflow": ["mlflow*", "mlflow*/**", "**/mlflow*"]})
+        try:
+            conf = loader["mlflow"]
+        except Exception:  # noqa: BLE001 - no mlflow.yml: kedro-mlflow's defaults, nothing to check
+            return
+        # mlflow.yml's URI is the one kedro-mlflow sets (the environment variable may still hold
+        # an earlier session's in this process).
+        uri = (conf.get("server") or {}).get("mlflow_tracking_uri") or os.environ.get(
+            "MLFLOW_TRACKING_URI"
+        )
+        experiment = ((conf.get("tracking") or {}).get("experiment") or {}).get("name")
+        check_store(uri, self._root, experiment)
+
+    @hook_impl(tryfirst=True)
+    def before_pipeline_run(self, run_params: dict[str, Any]) -> None:
+        self._release()  # a run of this process that failed before it started holds none
+        root = self._root or Path(run_params.get("project_path") or ".")
+        self._lock, self._previous = acquire_run_lock(root / LOCK_FILE, run_params)
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        self._release()
+
+    @hook_impl
+    def on_pipeline_error(self) -> None:
+        self._release()
+
+    def started(self) -> None:
+        """Called once the MLflow run is open: record it, close a killed predecessor's, and
+        turn SIGINT/SIGTERM into a KILLED run."""
+        import mlflow
+
+        active = mlflow.active_run()
+        if self._lock is not None and active is not None:
+            record = {
+                **json.loads(_read_lock(self._lock) or "{}"),
+                "mlflow_run_id": active.info.run_id,
+            }
+            _write_lock(self._lock, record)
+        mark_killed_run(self._previous.get("mlflow_run_id"), active.info.run_id if active else None)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._handlers[signum] = signal.signal(signum, self._interrupted)
+            except ValueError:  # not the main thread (e.g. a notebook's worker): no handlers
+                break
+
+    def _interrupted(self, signum: int, frame: Any) -> None:
+        import mlflow
+
+        name = signal.Signals(signum).name
+        logger.error("run interrupted by %s: its MLflow run ends as KILLED", name)
+        try:
+            while mlflow.active_run():
+                mlflow.set_tag("povid.stopped_by", name)
+                mlflow.end_run("KILLED")
+        finally:
+            self._release()
+        raise KeyboardInterrupt(f"interrupted by {name}")
+
+    def _release(self) -> None:
+        for signum, handler in self._handlers.items():
+            signal.signal(signum, handler)
+        self._handlers = {}
+        if self._lock is not None:
+            self._lock.close()  # closing the descriptor releases the lock
+            self._lock = None
+
+
+class RunStartedHooks:
+    """Runs after kedro-mlflow has opened the run (``trylast``): hands it to the guard."""
+
+    def __init__(self, guard: RunGuardHooks) -> None:
+        self._guard = guard
+
+    @hook_impl(trylast=True)
+    def before_pipeline_run(self) -> None:
+        self._guard.started()
+
+
+def check_store(uri: str | None, root: Path, experiment: str | None) -> None:
+    """Refuse an SQLite MLflow store that is empty, unreadable, locked, not MLflow's, or whose
+    experiment keeps its artifacts in another project.
+
+    Args:
+        uri: The tracking URI (only ``sqlite:///`` ones are checked).
+        root: The project directory (relative paths are relative to it).
+        experiment: The experiment name runs are logged to.
+
+    Raises:
+        StoreError: Naming the file, what is wrong and the fix.
+    """
+    if not uri or not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri[len("sqlite:///") :])
+    path = path if path.is_absolute() else root / path
+    if not path.exists():
+        return  # a first run creates it
+    if path.stat().st_size == 0:
+        raise StoreError(
+            f"the MLflow store {path} is an empty file (0 bytes): opening it would create a new "
+            "store, with every run, registered model and champion alias gone. Restore it from a "
+            "backup, or delete it to start a new store on purpose"
+        )
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+            if "experiments" not in tables or "alembic_version" not in tables:
+                raise StoreError(
+                    f"{path} is an SQLite file but not an MLflow store (no experiments table); "
+                    "point mlflow.yml's mlflow_tracking_uri at the project's store"
+                )
+            row = db.execute(
+                "SELECT artifact_location FROM experiments WHERE name = ?", (experiment,)
+            ).fetchone()
+    except sqlite3.DatabaseError as err:
+        hint = (
+            "another process holds a write lock on it (a running `kedro run`, `mlflow ui` or "
+            "server): wait for it or stop it"
+            if "locked" in str(err)
+            else "restore it from a backup, or move it aside to start a new store"
+        )
+        raise StoreError(f"the MLflow store {path} cannot be read ({err}): {hint}") from err
+    location = row[0] if row else None
+    if location and location.startswith(("file:", "/")):
+        where = Path(location.removeprefix("file://").removeprefix("file:"))
+        if not where.resolve().is_relative_to(root.resolve()):
+            raise StoreError(
+                f"the MLflow store {path} keeps experiment {experiment!r}'s artifacts in {where}, "
+                f"outside this project ({root}): it was copied from another project, whose "
+                "mlruns/ would receive this project's runs and models. Delete the copied "
+                "mlflow.db (and mlruns/) to start this project's own store, or copy the "
+                "project with its store paths rewritten"
+            )
+
+
+def acquire_run_lock(path: Path, run_params: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """Take the project's run lock, or fail naming the run that holds it.
+
+    Returns:
+        The open lock file (closing it releases the lock) and the previous holder's record
+        (``{}`` if none: that holder has ended, cleanly or not).
+
+    Raises:
+        RunLockedError: Another process holds the lock.
+    """
+    handle = path.open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = json.loads(_read_lock(handle) or "{}")
+        handle.close()
+        raise RunLockedError(
+            f"another run of this project is in progress (pid {holder.get('pid')} on "
+            f"{holder.get('host')}, pipelines {holder.get('pipelines')}, started "
+            f"{holder.get('started')}, MLflow run {holder.get('mlflow_run_id')}): wait for it "
+            f"to finish or stop it (kill {holder.get('pid')}); runs at once would mix their "
+            f"outputs and reports. Lock file: {path}"
+        ) from None
+    previous = json.loads(_read_lock(handle) or "{}")
+    _write_lock(
+        handle,
+        {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "pipelines": run_params.get("pipeline_names") or ["__default__"],
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+    )
+    return handle, previous
+
+
+def _read_lock(handle: Any) -> str:
+    handle.seek(0)
+    return handle.read().strip()
+
+
+def _write_lock(handle: Any, record: dict[str, Any]) -> None:
+    handle.seek(0)
+    handle.truncate()
+    handle.write(json.dumps(record))
+    handle.flush()
+
+
+def mark_killed_run(run_id: str | None, current: str | None) -> None:
+    """End a run whose process died without closing it (SIGKILL, power loss) as KILLED, and
+    fail the logged models it left PENDING (a kill during registration)."""
+    if not run_id or run_id == current:
+        return
+    from mlflow import MlflowClient
+    from mlflow.entities import LoggedModelStatus
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        return
+    if run.info.status != "RUNNING":
+        return
+    client.set_tag(run_id, "povid.stopped_by", "process died (found by the next run)")
+    client.set_terminated(run_id, "KILLED")
+    logger.warning("MLflow run %s was left RUNNING by a process that died: marked KILLED", run_id)
+    for model in client.search_logged_models(
+        [run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'"
+    ):
+        if model.status == LoggedModelStatus.PENDING:
+            client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+            logger.warning("logged model %s of that run was never finished: FAILED", model.model_id)

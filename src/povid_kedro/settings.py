@@ -2,10 +2,24 @@
 
 from kedro.config import OmegaConfigLoader
 
-from povid_kedro.hooks import NodeTimerHooks, UpstreamCheckHooks
+from povid_kedro.hooks import (
+    NodeTimerHooks,
+    ParameterCheckHooks,
+    RunGuardHooks,
+    RunStartedHooks,
+    UpstreamCheckHooks,
+)
 
-# kedro-mlflow registers its own hooks through its entry point.
-HOOKS = (UpstreamCheckHooks(), NodeTimerHooks())
+# kedro-mlflow registers its own hooks through its entry point; the guard's checks and the run
+# lock run before its hooks (tryfirst), RunStartedHooks after it has opened the MLflow run.
+_guard = RunGuardHooks()
+HOOKS = (
+    _guard,
+    RunStartedHooks(_guard),
+    UpstreamCheckHooks(),
+    ParameterCheckHooks(),  # registered later, called earlier: parameters before inputs
+    NodeTimerHooks(),
+)
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

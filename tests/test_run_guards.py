@@ -1,0 +1,159 @@
+"""Faults a user meets around a run: a second run at once, a kill by signal, a broken or copied
+MLflow store, parameters with typos or wrong types. Real sessions, real processes, real stores."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from povid_kedro.hooks import LOCK_FILE, RunLockedError, StoreError
+from povid_kedro.params import ParameterError
+from tests.support.kedro_project import run_pipeline
+
+KEDRO = Path(sys.executable).parent / "kedro"
+# Enough scenes that the world takes some seconds to draw: time to send a signal mid-run.
+SLOW_WORLD = ["--params", "embedded_world.n_train_images=3000,embedded_world.n_eval_images=40"]
+
+
+def _runs(project: Path) -> list:
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("povid_kedro")
+    return client.search_runs([experiment.experiment_id]) if experiment else []
+
+
+def _start_cli_run(project: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [str(KEDRO), "run", *args],
+        cwd=project,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _wait_until_running(project: Path, process: subprocess.Popen, timeout: float = 120) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"the run ended before it could be interrupted: {process.stderr.read()}")
+        try:
+            running = [r for r in _runs(project) if r.info.status == "RUNNING"]
+        except Exception:  # noqa: BLE001 - the store is being created by the run
+            running = []
+        if running:
+            return running[0].info.run_id
+        time.sleep(0.3)
+    process.kill()
+    pytest.fail("no RUNNING MLflow run appeared")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_run_stopped_by_a_signal_is_recorded_as_killed(project, sig):
+    process = _start_cli_run(project, "--pipeline", "embedded_world", *SLOW_WORLD)
+    run_id = _wait_until_running(project, process)
+    time.sleep(1.0)  # inside a node
+    process.send_signal(sig)
+    assert process.wait(timeout=60) != 0
+    run = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}").get_run(run_id)
+    assert run.info.status == "KILLED"
+    assert run.data.tags["povid.stopped_by"] == sig.name
+
+
+def test_a_run_killed_outright_is_marked_by_the_next_one(project):
+    process = _start_cli_run(project, "--pipeline", "embedded_world", *SLOW_WORLD)
+    run_id = _wait_until_running(project, process)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    assert client.get_run(run_id).info.status == "RUNNING"  # nobody could close it
+    # The next run takes the lock the dead process held, and closes its record.
+    run_pipeline(project, "embedded_world")
+    killed = client.get_run(run_id)
+    assert killed.info.status == "KILLED"
+    assert "process died" in killed.data.tags["povid.stopped_by"]
+
+
+def test_a_second_run_at_once_fails_naming_the_first(project):
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; "
+            "from povid_kedro.hooks import acquire_run_lock; "
+            "lock, _ = acquire_run_lock(Path(sys.argv[1]), {'pipeline_names': ['evaluate']}); "
+            "print('locked', flush=True); time.sleep(60)",
+            str(project / LOCK_FILE),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunLockedError) as err:
+            run_pipeline(project, "embedded_world")
+        assert f"pid {holder.pid}" in str(err.value) and "['evaluate']" in str(err.value)
+    finally:
+        holder.kill()
+        holder.wait()
+    # Once the first has ended, runs go ahead again.
+    run_pipeline(project, "embedded_world")
+    assert [r.info.status for r in _runs(project)] == ["FINISHED"]
+
+
+def test_an_empty_store_is_refused_not_silently_recreated(project):
+    (project / "mlflow.db").write_bytes(b"")
+    with pytest.raises(StoreError, match="empty file"):
+        run_pipeline(project, "embedded_world")
+    assert (project / "mlflow.db").stat().st_size == 0  # left as it was for the user
+
+
+def test_a_corrupt_store_names_the_file_and_the_fix(project):
+    (project / "mlflow.db").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError) as err:
+        run_pipeline(project, "embedded_world")
+    assert str(project / "mlflow.db") in str(err.value)
+    assert "cannot be read" in str(err.value) and "backup" in str(err.value)
+
+
+def test_a_store_copied_from_another_project_is_refused(project, tmp_path_factory):
+    run_pipeline(project, "embedded_world")  # a store whose artifacts live in this project
+    mlflow.set_tracking_uri("")  # the test process let go of it
+    elsewhere = tmp_path_factory.mktemp("other") / "mlruns"
+    with sqlite3.connect(project / "mlflow.db") as db:  # as if copied from `elsewhere`'s project
+        db.execute("UPDATE experiments SET artifact_location = ?", (elsewhere.as_uri(),))
+    with pytest.raises(StoreError) as err:
+        run_pipeline(project, "embedded_world")
+    assert "outside this project" in str(err.value) and str(elsewhere) in str(err.value)
+
+
+def test_a_parameter_typo_fails_before_any_node(project):
+    with pytest.raises(ParameterError) as err:
+        run_pipeline(project, "embedded_world", {"embedded_world": {"n_eval_image": 2}})
+    assert "n_eval_image" in str(err.value)
+    assert "conf/base/parameters_embedded_world.yml" in str(err.value)
+    assert not (project / "data" / "01_raw" / "world").exists()
+
+
+def test_a_wrong_type_names_the_key_and_the_file(project):
+    with pytest.raises(ParameterError) as err:
+        run_pipeline(project, "dpo_training", {"dpo_training": {"stage1": {"max_steps": "abc"}}})
+    message = str(err.value)
+    assert "stage1.max_steps: expected int, got 'abc'" in message
+    assert "conf/base/parameters_dpo_training.yml" in message and "--params" in message
+
+
+def test_an_evaluate_typo_is_caught(project):
+    with pytest.raises(ParameterError, match="max_image: unknown key"):
+        run_pipeline(project, "evaluate", {"evaluate": {"max_image": 2}})
