@@ -12,10 +12,11 @@ import time
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from povid_kedro.hooks import LOCK_FILE, RunLockedError, StoreError
+from povid_kedro.hooks import LOCK_FILE, MissingInputsError, RunLockedError, StoreError
 from povid_kedro.params import ParameterError
 from tests.support.kedro_project import run_pipeline
 
@@ -157,3 +158,31 @@ def test_a_wrong_type_names_the_key_and_the_file(project):
 def test_an_evaluate_typo_is_caught(project):
     with pytest.raises(ParameterError, match="max_image: unknown key"):
         run_pipeline(project, "evaluate", {"evaluate": {"max_image": 2}})
+
+
+def test_an_unknown_pipeline_lists_the_pipelines(project):
+    with pytest.raises(
+        ValueError, match="Failed to find the pipeline named 'embeded_world'"
+    ) as err:
+        run_pipeline(project, "embeded_world")
+    cause = str(err.value.__cause__)
+    assert "there is no pipeline 'embeded_world'" in cause
+    assert "embedded_world, ingest_ground_truth" in cause and "povid" in cause
+
+
+def test_the_composed_povid_pipeline_can_be_requested(project):
+    # `--pipeline povid` is the real-scale entry point; it has no package of its own. Here it
+    # stops at its first missing input, naming the pipeline that makes it.
+    with pytest.raises(MissingInputsError, match="embedded_world pipeline"):
+        run_pipeline(project, "povid")
+
+
+def test_generated_noise_without_free_answers_fails_before_stage_1(project):
+    # noisy_responses made in teacher_forced mode carry no free answers under noise; asking
+    # stage 2 for generated mode used to fail only after stage 1 had overwritten its model.
+    target = project / "data" / "04_feature" / "noisy_responses.parquet"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"id": ["a"], "noise_step": [500]}).to_parquet(target)
+    with pytest.raises(ParameterError, match="noisy_responses holds no free answers"):
+        run_pipeline(project, "dpo_training", {"noise_trigger": {"mode": "generated"}})
+    assert not (project / "data" / "06_models" / "stage1_model").exists()

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import fcntl
-import importlib
 import json
 import logging
 import os
-import pkgutil
 import signal
 import socket
 import sqlite3
@@ -25,18 +23,12 @@ logger = logging.getLogger(__name__)
 
 
 def _every_pipeline() -> dict[str, Pipeline]:
-    """Each pipeline package's pipeline, by name.
+    """Each pipeline package's pipeline, by name (without the composed ``povid`` and
+    ``__default__``), to look up the producers of missing inputs."""
+    from povid_kedro.pipeline_registry import PIPELINES, register_pipelines
 
-    Kedro's registry holds only the pipelines a run asked for (``find_pipelines`` is filtered by
-    ``--pipeline``), so the producers of missing inputs are looked up here instead.
-    """
-    import povid_kedro.pipelines as package
-
-    return {
-        info.name: importlib.import_module(f"{package.__name__}.{info.name}").create_pipeline()
-        for info in pkgutil.iter_modules(package.__path__)
-        if info.ispkg
-    }
+    registered = register_pipelines()
+    return {name: registered[name] for name in PIPELINES}
 
 
 class MissingInputsError(RuntimeError):

@@ -58,6 +58,8 @@ IMAGE_NOT_RGB = "image_not_rgb"
 MALFORMED_CONVERSATION = "malformed_conversation"
 MISSING_ANSWER = "missing_answer"
 PROMPT_WITHOUT_IMAGE_TOKEN = "prompt_without_image_token"
+# A whole input file with no record (index -1 in the quarantine table).
+EMPTY_FILE = "empty_file"
 REJECTED_MISMATCH = "rejected_mismatch"
 
 
@@ -232,6 +234,12 @@ def read_records(
                 f"input file {source!r} holds a {type(records).__name__}, expected a JSON list "
                 "of LLaVA-Instruct or POVID preference records"
             )
+        if not records:
+            # Often a failed export next to good files: say so instead of ingesting the rest.
+            message = "holds no records (an empty JSON list); fill it or remove it"
+            logger.warning("input file %r %s", source, message)
+            quarantine.add(source, -1, None, EMPTY_FILE, message)
+            continue
         task_type = cfg.task_types.get(source, "auto")
         for index, record in enumerate(records):
             rows.extend(
@@ -336,14 +344,26 @@ def _read_one(
     if kind == "auto":
         kind = DESCRIPTION if _normalize_prompt(turns[0][0]) in description_prompts else REASONING
     multi = len(turns) > 1
+    row_ids = [f"{rec_id}_{turn}" for turn in range(len(turns))] if multi else [rec_id]
+    for turn, row_id in enumerate(row_ids):
+        # Turn ids share the namespace of record ids: record "r" with two turns and another
+        # record "r_1" must not both give a row "r_1" (ids key the noise and the pairs).
+        if multi and row_id in seen_ids:
+            return reject(
+                DUPLICATE_ID,
+                f"turn {turn} of this record gets the id {row_id!r}, already used by "
+                f"{seen_ids[row_id]}; rename one of the two records",
+            )
+    for turn, row_id in enumerate(row_ids):
+        seen_ids.setdefault(row_id, f"{where} (turn {turn} of record {rec_id!r})")
     rows = []
-    for turn, (question, answer) in enumerate(turns):
+    for turn, ((question, answer), row_id) in enumerate(zip(turns, row_ids, strict=True)):
         # Each turn is trained as its own sample with the image, so every prompt carries
         # exactly one image placeholder.
         prompt = question if turn == 0 else f"{IMAGE_TOKEN}\n{question.strip()}"
         rows.append(
             {
-                "id": f"{rec_id}_{turn}" if multi else rec_id,
+                "id": row_id,
                 "image": image,
                 "task_type": kind,
                 "prompt": prompt,
@@ -432,7 +452,8 @@ def ingest(
     train, evaluation = split_by_image(sampled, cfg.eval_fraction, cfg.seed)
     counts: dict[str, float] = {
         "rows_valid": float(len(ground_truth)),
-        "records_quarantined": float(len(quarantine)),
+        "records_quarantined": float((quarantine["reason"] != EMPTY_FILE).sum()),
+        "files_empty": float((quarantine["reason"] == EMPTY_FILE).sum()),
         "rows_sampled": float(len(sampled)),
         "rows_train": float(len(train)),
         "rows_eval": float(len(evaluation)),

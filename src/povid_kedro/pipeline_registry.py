@@ -1,7 +1,30 @@
 """Project pipelines."""
 
-from kedro.framework.project import find_pipelines
+from __future__ import annotations
+
+import importlib
+
 from kedro.pipeline import Pipeline
+
+# In data-flow order. Listed, not discovered: Kedro's lazy discovery imports only the
+# requested name, so a typo surfaced as an ImportError and the composed ``povid`` (no
+# directory of its own) could not be requested at all.
+PIPELINES = (
+    "embedded_world",
+    "ingest_ground_truth",
+    "base_model",
+    "inject_hallucinations",
+    "noise_trigger",
+    "dpo_training",
+    "evaluate",
+)
+
+
+class _Pipelines(dict[str, Pipeline]):
+    """The registry; an unknown name is a ``KeyError`` that lists the pipelines."""
+
+    def __missing__(self, name: str) -> Pipeline:
+        raise KeyError(f"there is no pipeline {name!r}; the pipelines are: {', '.join(self)}")
 
 
 def register_pipelines() -> dict[str, Pipeline]:
@@ -11,10 +34,12 @@ def register_pipelines() -> dict[str, Pipeline]:
     ``povid`` is the same without ``embedded_world``: the real-scale entry point
     (``kedro run --env llava15 --pipeline povid``), where the raw data already exists.
     """
-    pipelines = find_pipelines(raise_errors=True)
-    pipelines["__default__"] = sum(pipelines.values(), Pipeline([]))
-    pipelines["povid"] = sum(
-        (p for name, p in pipelines.items() if name not in {"__default__", "embedded_world"}),
-        Pipeline([]),
+    pipelines = _Pipelines(
+        (name, importlib.import_module(f"povid_kedro.pipelines.{name}").create_pipeline())
+        for name in PIPELINES
     )
+    pipelines["povid"] = sum(
+        (p for n, p in pipelines.items() if n != "embedded_world"), Pipeline([])
+    )
+    pipelines["__default__"] = sum((pipelines[n] for n in PIPELINES), Pipeline([]))
     return pipelines

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from povid_kedro.hallucination import ClientConfig, InjectionCache, make_injector
+from povid_kedro.hallucination.openai_injector import InjectorAuthError
 from povid_kedro.hallucination.validate import normalize
 from tests.hallucination.conftest import SECRET, deep_merge
 from tests.hallucination.synthetic import hallucinate
@@ -138,6 +139,39 @@ def test_client_error_is_not_retried(openai_params, server, samples, load_image)
 
     assert result.failures["reason"].tolist() == ["client_error_400"]
     assert len(server.chat_requests) == 1
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_refused_key_stops_the_run_at_once(openai_params, server, samples, load_image, status):
+    # With a wrong key every sample would be refused: the run stops after the first refusal
+    # instead of pacing through all of them, and names the endpoint and the key's source.
+    server.set_responder(lambda r: Action.error(status))
+    client = ClientConfig(
+        base_url=server.base_url, api_key=SECRET, model="test-model", key_source="the vault"
+    )
+    with pytest.raises(InjectorAuthError) as caught:
+        make_injector(openai_params, client_config=client).inject(samples, load_image)
+
+    message = str(caught.value)
+    assert server.base_url in message and f"HTTP {status}" in message
+    assert "the vault" in message and SECRET not in message
+    # Only requests already in flight with the first one (concurrency 4) were sent.
+    assert len(server.chat_requests) <= openai_params["openai"]["concurrency"] < len(samples)
+
+
+def test_answers_before_a_refusal_stay_in_the_cache(
+    openai_params, server, samples, load_image, tmp_path
+):
+    params = deep_merge(openai_params, {"openai": {"concurrency": 1}})
+    answered = rewrite_quoted(hallucinate)
+    server.set_responder(lambda r: answered(r) if r.index < 3 else Action.error(401))
+    cache = InjectionCache(tmp_path / "cache")
+    with pytest.raises(InjectorAuthError, match="3 answer"):
+        make_injector(params, client_config=_client(server), cache=cache).inject(
+            samples, load_image
+        )
+    assert len(server.chat_requests) == 4
+    assert len(InjectionCache(tmp_path / "cache")) == 3
 
 
 def test_timeout_is_retried_then_fails(openai_params, server, samples, load_image):

@@ -151,6 +151,45 @@ def test_duplicate_ids_keep_the_first_and_name_it(image_root, cfg):
     assert "a[0]" in quarantine.iloc[0]["message"]
 
 
+def _two_turns(rec_id: str, image: str) -> dict:
+    return {
+        "id": rec_id,
+        "image": image,
+        "conversations": [
+            {"from": "human", "value": "<image>\nWhat is on the left?"},
+            {"from": "gpt", "value": "A cup."},
+            {"from": "human", "value": "What colour is it?"},
+            {"from": "gpt", "value": "Red."},
+        ],
+    }
+
+
+@pytest.mark.parametrize("multi_first", [True, False])
+def test_turn_ids_never_collide_with_record_ids(image_root, cfg, multi_first):
+    # Record "r" with two turns gives rows r_0, r_1; a record whose own id is "r_1" would
+    # give a second row r_1, whichever comes first.
+    multi, single = _two_turns("r", "img0.png"), _record("r_1", "img1.png")
+    files = {"detail": [multi, single] if multi_first else [single, multi]}
+    table, quarantine = read_records(files, ImageFolder(image_root), cfg)
+
+    assert table["id"].is_unique
+    assert table["id"].tolist() == (["r_0", "r_1"] if multi_first else ["r_1"])
+    (row,) = quarantine.itertuples()
+    assert row.reason == "duplicate_id"
+    assert "'r_1'" in row.message and "detail[0]" in row.message
+
+
+def test_an_empty_input_file_is_reported_and_counted(image_root, cfg, caplog):
+    files = {"detail": [_record("ok", "img3.png")], "export": []}
+    train, _, quarantine, counts = ingest(files, ImageFolder(image_root), cfg)
+
+    assert train["id"].tolist() == ["ok"]
+    assert counts["files_empty"] == 1 and counts["records_quarantined"] == 0
+    (row,) = quarantine.itertuples()
+    assert row.reason == "empty_file" and row.source == "export"
+    assert "'export'" in caplog.text and "no records" in caplog.text
+
+
 def test_rejected_conversation_must_ask_the_same_question(image_root, cfg):
     record = _record("p1", "img2.png")
     record["rejected_conversations"] = [

@@ -140,3 +140,27 @@ def test_command_rejects_bad_input(tmp_path: Path, run_module) -> None:
     assert proc.returncode == 2
     assert "none.jsonl" in proc.stderr
     assert not out.exists()
+
+
+def test_command_reads_the_answers_file_the_pipeline_writes(tmp_path: Path, run_module) -> None:
+    # The evaluate pipeline writes pope_answers.json as {split: [answers]} (one JSON document).
+    questions = write_jsonl(tmp_path / "q.jsonl", QUESTIONS)
+    answers = tmp_path / "pope_answers.json"
+    answers.write_text(json.dumps({"popular": ANSWERS, "random": ANSWERS[:1]}), encoding="utf-8")
+    out = tmp_path / "pope.json"
+    args = ["--questions", questions, "--answers", answers, "--output", out]
+
+    proc = run_module(MODULE, *args)
+    assert proc.returncode == 2 and "['popular', 'random']: choose one with --split" in proc.stderr
+    proc = run_module(MODULE, *args, "--split", "popular")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(out.read_text(encoding="utf-8"))["f1"] == pytest.approx(2 / 3)
+    # A plain JSON list of answers is read too.
+    answers.write_text(json.dumps(ANSWERS), encoding="utf-8")
+    assert run_module(MODULE, *args).returncode == 0
+
+
+def test_question_ids_of_another_type_are_named_not_missed() -> None:
+    as_text = [dict(a, question_id=str(a["question_id"])) for a in ANSWERS]
+    with pytest.raises(ValueError, match=r"question_id '5' \(str\) is 5 \(int\) in q\.jsonl"):
+        score_pope(QUESTIONS, as_text, questions_source="q.jsonl")

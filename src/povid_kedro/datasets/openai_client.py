@@ -58,13 +58,21 @@ class OpenAIClientDataset(AbstractDataset[None, ClientConfig]):
     def load(self) -> ClientConfig:
         """The endpoint settings, key from credentials or ``OPENAI_API_KEY``."""
         key = self._api_key or os.environ.get("OPENAI_API_KEY") or None
+        if self._api_key:
+            source = "the catalog entry's credentials (conf/local/credentials.yml)"
+        elif key:
+            source = "the OPENAI_API_KEY environment variable"
+        else:
+            source = "nowhere (no credentials entry and no OPENAI_API_KEY)"
         if key is None:
             # Debug only: the default (rules) run loads this too and never calls the endpoint.
             logger.debug(
                 "no API key for %s (credentials or OPENAI_API_KEY): requests go without one",
                 self._base_url,
             )
-        return ClientConfig(base_url=self._base_url, api_key=key, model=self._model)
+        return ClientConfig(
+            base_url=self._base_url, api_key=key, model=self._model, key_source=source
+        )
 
     def save(self, data: None) -> None:
         """Not supported: the dataset is load-only."""

@@ -87,11 +87,13 @@ class ClientConfig:
         base_url: Endpoint base URL (``.../v1``).
         api_key: The secret; ``None`` for endpoints without auth (a placeholder is sent).
         model: Model name, or ``None`` to use the parameters' ``openai.model``.
+        key_source: Where the key came from, for error messages (never the key itself).
     """
 
     base_url: str
     api_key: str | None = field(default=None, repr=False)
     model: str | None = None
+    key_source: str = "the caller"
 
     def __repr__(self) -> str:
         key = "***" if self.api_key else None
@@ -267,7 +269,7 @@ def finish_stats(stats: dict[str, float], pairs: pd.DataFrame, failures: pd.Data
     if len(failures):
         counts = failures["reason"].value_counts().to_dict()
         logger.warning(
-            "%d of %d samples got no rejected answer, by reason: %s (see the failures table)",
+            "%d of %d samples got no rejected answer, by reason: %s",
             len(failures),
             int(stats.get("samples", 0)),
             counts,

@@ -70,6 +70,19 @@ _DEFAULT_RETRY_NOTE = (
 )
 
 
+class InjectorAuthError(RuntimeError):
+    """The endpoint refused the credentials (HTTP 401/403): the run stops at the first refusal."""
+
+
+class _AuthRefused(Exception):
+    """A 401/403 reply; every other request of the run stops instead of being sent."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status = status
+        self.detail = detail
+
+
 class _RequestFailed(Exception):
     """All attempts of one request failed; carries a reason code and a redacted detail."""
 
@@ -97,6 +110,8 @@ class _Counters:
     completion_tokens: int = 0
     done: int = 0
     failed: int = 0
+    # The first 401/403 of the run; once set no further request is sent.
+    refused: _AuthRefused | None = None
 
 
 def run_coroutine(factory: Callable[[], Awaitable[T]]) -> T:
@@ -156,12 +171,16 @@ class OpenAIInjector(Injector):
         super().__init__(config)
         self.api = config.openai
         if client_config is None:
+            key = os.environ.get("OPENAI_API_KEY")
             client_config = ClientConfig(
-                base_url=self.api.base_url, api_key=os.environ.get("OPENAI_API_KEY")
+                base_url=self.api.base_url,
+                api_key=key,
+                key_source="the OPENAI_API_KEY environment variable" if key else "nowhere",
             )
         self.base_url: str = client_config.base_url or self.api.base_url
         self._api_key: str | None = client_config.api_key
         self.model: str = client_config.model or self.api.model
+        self.key_source: str = getattr(client_config, "key_source", "the caller")
         self.cache = cache
         self.validator = Validator(config.validation)
         self.prompts = config.active_prompts
@@ -190,6 +209,8 @@ class OpenAIInjector(Injector):
         provided, todo = split_provided(samples)
         counters = _Counters()
         rows, failures = run_coroutine(lambda: self._run(todo, load_image, counters))
+        if counters.refused is not None:
+            raise self._auth_error(counters)
         # Completion order is random; report failures in input order.
         position = {sid: i for i, sid in enumerate(samples["id"].astype(str))}
         failures.sort(key=lambda f: position.get(f["id"], -1))
@@ -229,6 +250,17 @@ class OpenAIInjector(Injector):
             stats["seconds"],
         )
         return InjectionResult(pairs=pairs, failures=fails, stats=stats)
+
+    def _auth_error(self, counters: _Counters) -> InjectorAuthError:
+        refused = counters.refused
+        assert refused is not None
+        return InjectorAuthError(
+            f"{self.base_url} refused the API key for model {self.model!r} "
+            f"(HTTP {refused.status}: {refused.detail}). The key came from {self.key_source}; "
+            "fix it there (or set OPENAI_API_KEY) and run again. The run stopped at the first "
+            f"refusal after {counters.requests} request(s); the {counters.done} answer(s) "
+            "received before it are in the injection cache and will not be paid for again."
+        )
 
     # ------------------------------------------------------------------ run
     async def _run(
@@ -270,9 +302,22 @@ class OpenAIInjector(Injector):
             # Workers pull samples one by one, so images are prepared just ahead of their
             # request: a thousand encoded COCO images are never held in memory at once.
             for sample in pending:
-                outcome = await self._one(
-                    sample, load_image, client, limiter, semaphore, image_pool, write_pool, counters
-                )
+                if counters.refused is not None:
+                    return
+                try:
+                    outcome = await self._one(
+                        sample,
+                        load_image,
+                        client,
+                        limiter,
+                        semaphore,
+                        image_pool,
+                        write_pool,
+                        counters,
+                    )
+                except _AuthRefused as err:
+                    counters.refused = counters.refused or err
+                    return
                 if "reason" in outcome:
                     counters.failed += 1
                     failures.append(outcome)
@@ -452,6 +497,9 @@ class OpenAIInjector(Injector):
                 # Rate limit inside the slot: a request starts as soon as it is granted, so
                 # start times follow the bucket instead of bunching when slots free up.
                 await limiter.acquire(estimate)
+                if counters.refused is not None:
+                    # Another request's key was refused: this one would be refused too.
+                    raise counters.refused
                 counters.requests += 1
                 try:
                     completion = await client.chat.completions.create(
@@ -479,6 +527,8 @@ class OpenAIInjector(Injector):
                     reason, detail = CONNECTION_ERROR, self._describe_error(err)
                 except openai.APIStatusError as err:
                     detail = self._describe_error(err)
+                    if err.status_code in (401, 403):
+                        raise _AuthRefused(err.status_code, detail) from None
                     if err.status_code < 500 and err.status_code not in (408, 409):
                         # Bad request / auth / not found: retrying cannot help.
                         raise _RequestFailed(f"{CLIENT_ERROR}_{err.status_code}", detail) from None

@@ -18,7 +18,13 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from povid_kedro.metrics._io import read_jsonl_numbered, require_keys, run_cli
+from povid_kedro.metrics._io import (
+    InputError,
+    read_json,
+    read_jsonl_numbered,
+    require_keys,
+    run_cli,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +146,14 @@ def score_pope(
         if not isinstance(answer["text"], str):
             raise ValueError(f"{where}: 'text' of question_id {qid!r} must be a string")
         if qid not in by_id:
+            twin = next((k for k in by_id if str(k) == str(qid)), None)
+            if twin is not None:
+                # 1 and "1" are different ids: say so rather than match by text or drop it.
+                raise ValueError(
+                    f"{where}: question_id {qid!r} ({type(qid).__name__}) is "
+                    f"{twin!r} ({type(twin).__name__}) in {questions_source}; write the ids of "
+                    "both files with the same type"
+                )
             raise ValueError(f"{where}: question_id {qid!r} is not in {questions_source}")
         if qid in answer_text:
             raise ValueError(f"{where}: question_id {qid!r} is answered twice")
@@ -197,7 +211,13 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--questions", required=True, help="JSONL with question_id, image, text, label"
     )
-    parser.add_argument("--answers", required=True, help="JSONL with question_id, text")
+    parser.add_argument(
+        "--answers",
+        required=True,
+        help="question_id + text per answer: JSONL, a JSON list, or the pipeline's "
+        "pope_answers.json (an object of splits; pick one with --split)",
+    )
+    parser.add_argument("--split", help="the split to score in a pipeline pope_answers.json")
     parser.add_argument("--output", required=True, help="JSON file to write")
     return parser
 
@@ -213,9 +233,36 @@ def _read(path: str, keys: list[str], check_label: bool = False) -> list[dict[st
     return records
 
 
+def _read_answers(path: str, split: str | None) -> list[dict[str, Any]]:
+    """Answers as JSONL (POPE's format), a JSON list, or ``{split: [answers]}`` as the
+    evaluate pipeline writes them."""
+    try:
+        document = read_json(path)
+    except InputError:
+        # Not one JSON document: JSON Lines (a one-line JSONL file parses as an object).
+        return _read(path, ["question_id", "text"])
+    if isinstance(document, dict) and "question_id" not in document:
+        splits = sorted(document)
+        if split is None:
+            if len(splits) != 1:
+                raise InputError(f"{path} holds the splits {splits}: choose one with --split")
+            split = splits[0]
+        if split not in document:
+            raise InputError(f"{path} has no split {split!r}; it holds {splits}")
+        document = document[split]
+    elif split is not None:
+        raise InputError(f"--split {split!r}: {path} holds one set of answers, not splits")
+    records = document if isinstance(document, list) else [document]
+    for i, record in enumerate(records):
+        require_keys(record, ["question_id", "text"], f"{path}: records[{i}]")
+    if not records:
+        raise InputError(f"{path}: file holds no records")
+    return records
+
+
 def _compute(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
     questions = _read(args.questions, ["question_id", "label"], check_label=True)
-    answers = _read(args.answers, ["question_id", "text"])
+    answers = _read_answers(args.answers, args.split)
     result = score_pope(
         questions, answers, questions_source=args.questions, answers_source=args.answers
     )

@@ -79,8 +79,21 @@ def inject_hallucinations_node(
             f"{len(result.failures)} failures out"
         )
     if pairs.empty:
+        # The failures output is not written when the node fails: the message carries it.
         reasons = result.failures["reason"].value_counts().to_dict()
-        raise ValueError(f"no preference pair could be made from {len(samples)} samples: {reasons}")
+        first = "; ".join(
+            f"{f.id}: {f.reason} ({f.detail})" for f in result.failures.head(3).itertuples()
+        )
+        raise ValueError(
+            f"no preference pair could be made from {len(samples)} samples, by reason "
+            f"{reasons}; first failures: {first}"
+        )
+    if len(result.failures):
+        logger.warning(
+            "inject_hallucinations: %d samples got no rejected answer; each is listed with its "
+            "reason in injection_failures",
+            len(result.failures),
+        )
     logger.info(
         "inject_hallucinations: %d pairs (%d train / %d eval), %d failures",
         len(pairs),
