@@ -15,6 +15,7 @@ import mlflow
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
+from mlflow.entities import LoggedModelStatus
 
 from povid_kedro.hooks import LOCK_FILE, MissingInputsError, RunLockedError, StoreError
 from povid_kedro.params import ParameterError
@@ -79,11 +80,15 @@ def test_a_run_killed_outright_is_marked_by_the_next_one(project):
     process.wait(timeout=30)
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     assert client.get_run(run_id).info.status == "RUNNING"  # nobody could close it
+    # What a kill during registration leaves: a logged model of that run still PENDING.
+    experiment = client.get_run(run_id).info.experiment_id
+    pending = client.create_logged_model(experiment, name="stage2_model", source_run_id=run_id)
     # The next run takes the lock the dead process held, and closes its record.
     run_pipeline(project, "embedded_world")
     killed = client.get_run(run_id)
     assert killed.info.status == "KILLED"
     assert "process died" in killed.data.tags["povid.stopped_by"]
+    assert client.get_logged_model(pending.model_id).status == LoggedModelStatus.FAILED
 
 
 def test_a_second_run_at_once_fails_naming_the_first(project):
@@ -126,6 +131,34 @@ def test_a_corrupt_store_names_the_file_and_the_fix(project):
         run_pipeline(project, "embedded_world")
     assert str(project / "mlflow.db") in str(err.value)
     assert "cannot be read" in str(err.value) and "backup" in str(err.value)
+
+
+LOCK_HOLDER = """
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_locked_store_says_who_to_wait_for(project):
+    MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}").search_experiments()
+    mlflow.set_tracking_uri("")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, str(project / "mlflow.db")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(StoreError) as err:
+            run_pipeline(project, "embedded_world")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert str(project / "mlflow.db") in str(err.value)
+    assert "write lock" in str(err.value) and "mlflow ui" in str(err.value)
 
 
 def test_a_store_copied_from_another_project_is_refused(project, tmp_path_factory):

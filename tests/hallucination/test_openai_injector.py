@@ -424,3 +424,30 @@ def test_rejected_answers_differ_from_chosen(openai_params, server, samples, loa
         normalize(r) != normalize(c)
         for r, c in zip(result.pairs["rejected"], result.pairs["answer"], strict=True)
     )
+
+
+def test_a_run_with_no_pair_says_why_without_pointing_at_an_unwritten_table(
+    openai_params, server, samples, load_image, tmp_path, caplog
+):
+    # The node fails, so its failures output is never saved: the message itself must carry them.
+    from povid_kedro.images import ImageFolder
+    from povid_kedro.pipelines.inject_hallucinations.nodes import inject_hallucinations_node
+
+    for path in samples["image"]:
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        load_image(path).save(tmp_path / path)
+    server.set_responder(lambda r: Action.error(400))
+    with pytest.raises(ValueError) as err:
+        inject_hallucinations_node(
+            samples.head(6),
+            samples.iloc[6:],
+            ImageFolder(tmp_path),
+            "",
+            _client(server),
+            None,
+            openai_params,
+        )
+    message = str(err.value)
+    assert "no preference pair could be made from 12 samples" in message
+    assert "'client_error_400': 12" in message and samples["id"].iloc[0] in message
+    assert "failures table" not in message + caplog.text
