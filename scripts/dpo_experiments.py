@@ -13,8 +13,11 @@ validation seed (``povid_kedro.world.validation_config``), never the evaluation 
         {"hallucination_weight": 0, "noise_weight": 0}}' --variant 'default={}' \\
         --out data/08_reporting/dpo_experiments.json
 
-A variant's overrides are ``{"stage1": {...}, "stage2": {...}, "noise": {...}, "stages": [1, 2]}``
-(``stages``: which stages run; ``[2]`` trains stage 2 on the base model directly).
+A variant's overrides are ``{"stage1": {...}, "stage2": {...}, "noise": {...}, "stages": [1, 2],
+"on_policy": {...}}`` (``stages``: which stages run; ``[2]`` trains stage 2 on the base model
+directly; ``on_policy``: :class:`~povid_kedro.hallucination.onpolicy.OnPolicyConfig` fields plus
+``stages`` — the stages whose description pairs are replaced by the base model's own sampled
+descriptions, scored against the training scenes' objects; the seed is the run's).
 """
 
 from __future__ import annotations
@@ -38,7 +41,9 @@ import torch  # noqa: E402
 from kedro.config import OmegaConfigLoader  # noqa: E402
 from tune_base_model import deep_merge  # noqa: E402
 
+from povid_kedro.hallucination.onpolicy import OnPolicyConfig, on_policy_pairs  # noqa: E402
 from povid_kedro.images import ImageFolder  # noqa: E402
+from povid_kedro.metrics.chair import Chair  # noqa: E402
 from povid_kedro.modeling import load_model_dir  # noqa: E402
 from povid_kedro.noise import NoiseConfig  # noqa: E402
 from povid_kedro.pipelines.evaluate.nodes import (  # noqa: E402
@@ -48,6 +53,7 @@ from povid_kedro.pipelines.evaluate.nodes import (  # noqa: E402
 )
 from povid_kedro.training import DPOTrainingConfig, train_stage1, train_stage2  # noqa: E402
 from povid_kedro.world import WorldConfig, generate_world, validation_config  # noqa: E402
+from povid_kedro.world.formats import coco_instances  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADLINE = (
@@ -107,6 +113,48 @@ class ValidationSplit:
         return row
 
 
+def train_truth(params: dict[str, Any], data: Path) -> tuple[Chair, dict[str, int]]:
+    """CHAIR over the training scenes' objects (a COCO instances document built from them)."""
+    scenes = json.loads((data / "01_raw" / "world" / "scenes.json").read_text())["train"]
+    areas = {s["file_name"]: [0] * len(s["objects"]) for s in scenes}
+    instances = coco_instances(WorldConfig.from_dict(params["embedded_world"]), scenes, areas)
+    synonyms = (data / "01_raw" / "world" / "synonyms.txt").read_text()
+    chair = Chair(synonyms, instances, {"images": [], "annotations": []})
+    return chair, {s["file_name"]: s["image_id"] for s in scenes}
+
+
+def with_on_policy(
+    pairs: pd.DataFrame, spec: dict[str, Any], seed: int, params: dict[str, Any], data: Path
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """The pairs with their train-split descriptions replaced by on-policy ones."""
+    model, processor = load_model_dir(data / "06_models" / "base_model")
+    images = ImageFolder(data / "01_raw" / "world" / "train2014")
+    chair, ids = train_truth(params, data)
+    grammar = json.loads((data / "01_raw" / "world" / "description_grammar.json").read_text())
+    descriptions = pairs[(pairs["task_type"] == "description") & (pairs["split"] == "train")]
+    # One row per image (its description prompt), at most max_images of them.
+    descriptions = descriptions.drop_duplicates("image")
+    limit = spec.get("max_images")
+    if limit and limit < len(descriptions):
+        descriptions = descriptions.sample(n=limit, random_state=seed)
+    settings = {k: v for k, v in spec.items() if k not in ("stages", "max_images")}
+    cfg = OnPolicyConfig(**settings, seed=seed)
+    made, stats = on_policy_pairs(
+        model,
+        processor,
+        descriptions,
+        images.open,
+        chair,
+        ids,
+        cfg,
+        grammar["sentence_forms"],
+    )
+    # Every train description pair is replaced (also those of images not sampled).
+    kept = pairs[~((pairs["task_type"] == "description") & (pairs["split"] == "train"))]
+    columns = list(pairs.columns)
+    return pd.concat([kept, made[columns]], ignore_index=True), stats
+
+
 def run_variant(
     overrides: dict[str, Any],
     seed: int,
@@ -115,7 +163,10 @@ def run_variant(
     split: ValidationSplit,
 ) -> dict[str, Any]:
     """Train one variant with one seed from the base model and score it."""
-    dpo = deep_merge(params["dpo_training"], {k: v for k, v in overrides.items() if k != "noise"})
+    dpo = deep_merge(
+        params["dpo_training"],
+        {k: v for k, v in overrides.items() if k not in ("noise", "on_policy")},
+    )
     stages = dpo.pop("stages", [1, 2])
     for stage in ("stage1", "stage2"):
         dpo[stage]["seed"] = seed
@@ -124,15 +175,25 @@ def run_variant(
     noise_params.pop("figure", None)
     noise = NoiseConfig.from_dict(noise_params)
     pairs = pd.read_parquet(data / "05_model_input" / "trl_preferences.parquet")
+    out: dict[str, Any] = {"seed": seed}
+    stage_pairs = {1: pairs, 2: pairs}
+    if "on_policy" in overrides:
+        spec = dict(overrides["on_policy"])
+        start = time.perf_counter()
+        made, out["on_policy"] = with_on_policy(pairs, spec, seed, params, data)
+        out["on_policy"]["seconds"] = round(time.perf_counter() - start, 1)
+        for stage in spec.get("stages", [1]):
+            stage_pairs[stage] = made
     images = ImageFolder(data / "01_raw" / "world" / "train2014")
     model, processor = load_model_dir(data / "06_models" / "base_model")
-    out: dict[str, Any] = {"seed": seed}
     start = time.perf_counter()
     if 1 in stages:
-        model, report = train_stage1(model, processor, pairs, images.open, cfg.stage1)
+        model, report = train_stage1(model, processor, stage_pairs[1], images.open, cfg.stage1)
         out["stage1_final"] = report.summary()
     if 2 in stages:
-        model, report = train_stage2(model, processor, pairs, images.open, cfg.stage2, noise)
+        model, report = train_stage2(
+            model, processor, stage_pairs[2], images.open, cfg.stage2, noise
+        )
         out["stage2_final"] = report.summary()
     out["train_seconds"] = round(time.perf_counter() - start, 1)
     out["metrics"] = split.score(model, processor, params["evaluate"])

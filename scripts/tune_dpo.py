@@ -5,7 +5,7 @@ model, the preference pairs and the images a ``kedro run`` left in ``data/`` (em
 trains stage 1 and stage 2 with ``conf/base/parameters_dpo_training.yml`` plus the overrides given
 here, and scores the base, stage-1 and stage-2 models the way ``scripts/tune_base_model.py`` scores
 a base model: CHAIR_s/CHAIR_i/Recall/objects per image on every evaluation image, the
-co-occurrence rates, and POPE per split. It answers the question DESIGN §10 raises: does CHAIR
+co-occurrence rates, and POPE per split. It answers the question every DPO result here raises: does CHAIR
 fall because the model hallucinates less, or only because it names fewer objects?
 
     .venv/bin/python scripts/tune_dpo.py --stage1 '{"sft_weight": 0.5}' \\

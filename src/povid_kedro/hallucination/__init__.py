@@ -1,4 +1,4 @@
-"""Hallucination injectors: the dispreferred answer ``y_h-`` of POVID (DESIGN §1).
+"""Hallucination injectors: the dispreferred answer ``y_h-`` of POVID (docs/design.md §1).
 
 ``make_injector(params)`` builds the injector named by ``params["injector"]``:
 

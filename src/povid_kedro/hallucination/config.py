@@ -90,7 +90,8 @@ class RulesConfig:
     Attributes:
         version: Recorded as ``prompt_version`` of rule-made pairs (bump when rules change).
         substitute_share: Share of ``cooccurrence`` edits that replace a present object by a
-            co-occurring absent one instead of adding a sentence (length balance, DESIGN §10).
+            co-occurring absent one instead of adding a sentence (length balance:
+            always-longer rejections teach DPO to stop early).
         max_edits: Most attribute / relation / fact changes applied to one answer (at least 1).
         synonyms_path: Optional synonym list file (``canonical, syn1, syn2`` per line) that
             defines the object vocabulary; ``object_words`` is used when it is null.

@@ -1,0 +1,187 @@
+"""Preference pairs from the model's own sampled descriptions (on-policy), scored against truth.
+
+Ground truth against a rewrite of it is a pair of two answers the model never writes; OPA-DPO
+(arXiv 2501.09695) found such off-policy pairs weak. Here each training image is described
+``k`` times by the model being trained, each description is scored with CHAIR against the
+image's annotated objects, and the pair is (least hallucinated, most hallucinated) under one
+condition that keeps DPO from learning to say less: the chosen answer names at least as many
+true objects as the rejected one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+from PIL import Image
+
+from povid_kedro.metrics.chair import Chair
+from povid_kedro.metrics.degenerate import DegenerateChecker
+from povid_kedro.modeling.generate import generate
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OnPolicyConfig:
+    """How the samples are drawn and paired.
+
+    Attributes:
+        samples_per_image: Descriptions drawn per image (``k``).
+        temperature: Sampling temperature.
+        top_p: Nucleus mass.
+        max_new_tokens: Longest description.
+        batch_size: Prompts decoded together.
+        seed: Sampling seed.
+        min_hallucination_gap: Rejected must hallucinate at least this many more distinct
+            objects than chosen.
+    """
+
+    samples_per_image: int = 4
+    temperature: float = 0.8
+    top_p: float = 1.0
+    max_new_tokens: int = 96
+    batch_size: int = 64
+    seed: int = 0
+    min_hallucination_gap: int = 1
+
+
+def _pick(scored: Sequence[Mapping[str, Any]], gap: int) -> tuple[int, int] | None:
+    """Indices (chosen, rejected) of one image's scored samples, or ``None``."""
+    usable = [i for i, s in enumerate(scored) if not s["degenerate"]]
+    if len(usable) < 2:
+        return None
+    # Chosen: fewest hallucinations, then most true objects, then the first drawn.
+    chosen = min(usable, key=lambda i: (scored[i]["hallucinated"], -scored[i]["correct"], i))
+    c = scored[chosen]
+    rivals = [
+        i
+        for i in usable
+        if scored[i]["hallucinated"] >= c["hallucinated"] + gap
+        and scored[i]["correct"] <= c["correct"]
+    ]
+    if not rivals:
+        return None
+    # Rejected: most hallucinations, then the closest length (so length is not the signal).
+    rejected = max(
+        rivals,
+        key=lambda i: (scored[i]["hallucinated"], -abs(scored[i]["words"] - c["words"]), -i),
+    )
+    return chosen, rejected
+
+
+def on_policy_pairs(
+    model: Any,
+    processor: Any,
+    samples: pd.DataFrame,
+    load_image: Callable[[str], Image.Image],
+    truth: Chair,
+    image_ids: Mapping[str, Any],
+    cfg: OnPolicyConfig,
+    sentence_forms: Sequence[str] = (),
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Sample, score and pair the model's descriptions of each sample's image.
+
+    Args:
+        model: The policy (the model DPO starts from).
+        processor: Its processor.
+        samples: Description rows with ``id``, ``image``, ``prompt`` and ``split``.
+        load_image: Relative image path -> RGB image.
+        truth: CHAIR scorer whose annotations cover the samples' images.
+        image_ids: Image path -> the image id ``truth`` knows it by.
+        cfg: Sampling and pairing settings.
+        sentence_forms: The data's sentence forms (degenerate samples are never paired).
+
+    Returns:
+        The pairs (``id, image, prompt, chosen, rejected, split, task_type`` plus the
+        hallucination counts of both sides) and counts: images, pairs, images without a pair,
+        mean hallucinated and correct objects of chosen and rejected.
+    """
+    missing = sorted(set(samples["image"]) - set(image_ids))
+    if missing:
+        raise ValueError(
+            f"{len(missing)} sample image(s) have no annotations to score against, e.g. "
+            f"{missing[:3]}; give every training image its objects"
+        )
+    k = cfg.samples_per_image
+    rows = samples.to_dict("records")
+    images = [load_image(str(r["image"])) for r in rows for _ in range(k)]
+    prompts = [str(r["prompt"]) for r in rows for _ in range(k)]
+    texts = generate(
+        model,
+        processor,
+        images,
+        prompts,
+        max_new_tokens=cfg.max_new_tokens,
+        do_sample=True,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        progress=False,
+    )
+    records = [
+        {"image_id": image_ids[str(r["image"])], "caption": t}
+        for r, t in zip((r for r in rows for _ in range(k)), texts, strict=True)
+    ]
+    per_caption = truth.score(records)["captions"]
+    checker = DegenerateChecker(sentence_forms)
+    pairs: list[dict[str, Any]] = []
+    for n, row in enumerate(rows):
+        scored = []
+        for j in range(n * k, (n + 1) * k):
+            caption = per_caption[j]
+            gt = set(caption["gt_objects"])
+            scored.append(
+                {
+                    "text": texts[j].strip(),
+                    "hallucinated": len({m["object"] for m in caption["hallucinated"]}),
+                    "correct": len(set(caption["objects"]) & gt),
+                    "words": caption["n_words"],
+                    "degenerate": checker.reason(texts[j]) is not None,
+                }
+            )
+        picked = _pick(scored, cfg.min_hallucination_gap)
+        if picked is None:
+            continue
+        c, r = scored[picked[0]], scored[picked[1]]
+        pairs.append(
+            {
+                "id": f"{row['id']}_onpolicy",
+                "image": row["image"],
+                "prompt": row["prompt"],
+                "chosen": c["text"],
+                "rejected": r["text"],
+                "split": row.get("split", "train"),
+                "task_type": "description",
+                "chosen_hallucinated": c["hallucinated"],
+                "rejected_hallucinated": r["hallucinated"],
+                "chosen_correct": c["correct"],
+                "rejected_correct": r["correct"],
+            }
+        )
+    frame = pd.DataFrame(pairs)
+    stats = {
+        "images": float(len(rows)),
+        "pairs": float(len(frame)),
+        "images_without_pair": float(len(rows) - len(frame)),
+    }
+    for side in ("chosen", "rejected"):
+        for what in ("hallucinated", "correct"):
+            column = f"{side}_{what}"
+            stats[f"mean_{column}"] = float(frame[column].mean()) if len(frame) else 0.0
+    logger.info(
+        "on-policy pairs: %d of %d images (k=%d); hallucinated objects chosen %.2f vs "
+        "rejected %.2f, true objects %.2f vs %.2f",
+        len(frame),
+        len(rows),
+        k,
+        stats["mean_chosen_hallucinated"],
+        stats["mean_rejected_hallucinated"],
+        stats["mean_chosen_correct"],
+        stats["mean_rejected_correct"],
+    )
+    return frame, stats

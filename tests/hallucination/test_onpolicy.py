@@ -1,0 +1,39 @@
+"""On-policy pairs: which of an image's sampled descriptions become chosen and rejected."""
+
+from __future__ import annotations
+
+from povid_kedro.hallucination.onpolicy import _pick
+
+
+def _s(hallucinated: int, correct: int, words: int = 30, degenerate: bool = False) -> dict:
+    return {
+        "hallucinated": hallucinated,
+        "correct": correct,
+        "words": words,
+        "degenerate": degenerate,
+    }
+
+
+def test_chosen_hallucinates_least_and_rejected_most():
+    scored = [_s(1, 2), _s(0, 2), _s(3, 1), _s(2, 2)]
+    assert _pick(scored, gap=1) == (1, 2)
+
+
+def test_rejected_never_names_more_true_objects_than_chosen():
+    # Sample 1 hallucinates more but also names more true objects: preferring sample 0 would
+    # teach the model to name fewer objects, so there is no pair.
+    assert _pick([_s(0, 1), _s(2, 3)], gap=1) is None
+
+
+def test_degenerate_samples_are_never_paired():
+    assert _pick([_s(0, 2, degenerate=True), _s(2, 1)], gap=1) is None
+    assert _pick([_s(0, 2), _s(3, 1, degenerate=True), _s(1, 1)], gap=1) == (0, 2)
+
+
+def test_among_equally_bad_rejections_the_closest_length_wins():
+    scored = [_s(0, 2, words=30), _s(2, 1, words=10), _s(2, 1, words=28)]
+    assert _pick(scored, gap=1) == (0, 2)
+
+
+def test_the_gap_is_required():
+    assert _pick([_s(1, 2), _s(2, 1)], gap=2) is None
