@@ -123,10 +123,25 @@ def train_truth(params: dict[str, Any], data: Path) -> tuple[Chair, dict[str, in
     return chair, {s["file_name"]: s["image_id"] for s in scenes}
 
 
+_ON_POLICY: dict[str, tuple[pd.DataFrame, dict[str, float]]] = {}
+
+
 def with_on_policy(
     pairs: pd.DataFrame, spec: dict[str, Any], seed: int, params: dict[str, Any], data: Path
 ) -> tuple[pd.DataFrame, dict[str, float]]:
-    """The pairs with their train-split descriptions replaced by on-policy ones."""
+    """The pairs with their train-split descriptions replaced by on-policy ones (made once per
+    seed and sampling settings in this process: variants that differ only in training share
+    them)."""
+    key = json.dumps([seed, {k: v for k, v in spec.items() if k != "stages"}], sort_keys=True)
+    if key not in _ON_POLICY:
+        _ON_POLICY[key] = _make_on_policy(pairs, spec, seed, params, data)
+    made, stats = _ON_POLICY[key]
+    return made, dict(stats)
+
+
+def _make_on_policy(
+    pairs: pd.DataFrame, spec: dict[str, Any], seed: int, params: dict[str, Any], data: Path
+) -> tuple[pd.DataFrame, dict[str, float]]:
     model, processor = load_model_dir(data / "06_models" / "base_model")
     images = ImageFolder(data / "01_raw" / "world" / "train2014")
     chair, ids = train_truth(params, data)

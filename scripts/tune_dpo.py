@@ -5,8 +5,8 @@ model, the preference pairs and the images a ``kedro run`` left in ``data/`` (em
 trains stage 1 and stage 2 with ``conf/base/parameters_dpo_training.yml`` plus the overrides given
 here, and scores the base, stage-1 and stage-2 models the way ``scripts/tune_base_model.py`` scores
 a base model: CHAIR_s/CHAIR_i/Recall/objects per image on every evaluation image, the
-co-occurrence rates, and POPE per split. It answers the question every DPO result here raises: does CHAIR
-fall because the model hallucinates less, or only because it names fewer objects?
+co-occurrence rates, and POPE per split. It answers the question every DPO result here raises:
+does CHAIR fall because the model hallucinates less, or only because it names fewer objects?
 
     .venv/bin/python scripts/tune_dpo.py --stage1 '{"sft_weight": 0.5}' \\
         --stage2 '{"ld_alpha": 0.5}' --out /tmp/dpo.json

@@ -20,7 +20,8 @@ from povid_kedro.noise import (
 
 
 def _formula_scales(step: int) -> tuple[float, float]:
-    # docs/design.md §1a: β = sigmoid(linspace(-6, 6, T))·(5e-3 − 1e-5) + 1e-5, ᾱ = cumprod(1 − β), float32
+    # docs/design.md §1a: β = sigmoid(linspace(-6, 6, T))·(5e-3 − 1e-5) + 1e-5,
+    # ᾱ = cumprod(1 − β), float32
     total = POVID_SCHEDULER_KWARGS["num_train_timesteps"]
     betas = torch.sigmoid(torch.linspace(-6, 6, total)) * (5e-3 - 1e-5) + 1e-5
     alpha_bar = torch.cumprod(1 - betas, dim=0)[step]

@@ -2,9 +2,9 @@
 
 It learns what is plausible from the ground-truth answers themselves (which objects appear
 together, which colours and counts are common) and then makes the three kinds of description
-hallucination POVID asks GPT-4V for (docs/design.md §1) — an absent but co-occurring object, a changed
-relation/position, a changed attribute — and, for reasoning answers, corrupted facts plus an
-inverted conclusion. Everything is deterministic per (seed, sample id).
+hallucination POVID asks GPT-4V for (docs/design.md §1) — an absent but co-occurring object, a
+changed relation/position, a changed attribute — and, for reasoning answers, corrupted facts plus
+an inverted conclusion. Everything is deterministic per (seed, sample id).
 
 Co-occurrence additions make rejections longer, and always-longer rejections teach DPO to stop
 early; a configurable share of them is therefore done as a substitution instead.
