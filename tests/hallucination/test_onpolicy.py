@@ -37,3 +37,10 @@ def test_among_equally_bad_rejections_the_closest_length_wins():
 
 def test_the_gap_is_required():
     assert _pick([_s(1, 2), _s(2, 1)], gap=2) is None
+
+
+def test_max_extra_objects_keeps_only_pairs_that_name_as_many_objects():
+    # Rejected names 1 true + 3 false objects against chosen's 2 + 0: it names more in all.
+    scored = [_s(0, 2), _s(3, 1), _s(1, 1)]
+    assert _pick(scored, gap=1) == (0, 1)
+    assert _pick(scored, gap=1, max_extra=0) == (0, 2)

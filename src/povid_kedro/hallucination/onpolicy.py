@@ -38,6 +38,9 @@ class OnPolicyConfig:
         seed: Sampling seed.
         min_hallucination_gap: Rejected must hallucinate at least this many more distinct
             objects than chosen.
+        max_extra_objects: Rejected may name at most this many more distinct objects than
+            chosen (``None``: no bound). At 0 a pair can only be told apart by *which* objects
+            are named, never by naming fewer.
     """
 
     samples_per_image: int = 4
@@ -47,9 +50,12 @@ class OnPolicyConfig:
     batch_size: int = 64
     seed: int = 0
     min_hallucination_gap: int = 1
+    max_extra_objects: int | None = None
 
 
-def _pick(scored: Sequence[Mapping[str, Any]], gap: int) -> tuple[int, int] | None:
+def _pick(
+    scored: Sequence[Mapping[str, Any]], gap: int, max_extra: int | None = None
+) -> tuple[int, int] | None:
     """Indices (chosen, rejected) of one image's scored samples, or ``None``."""
     usable = [i for i, s in enumerate(scored) if not s["degenerate"]]
     if len(usable) < 2:
@@ -62,6 +68,11 @@ def _pick(scored: Sequence[Mapping[str, Any]], gap: int) -> tuple[int, int] | No
         for i in usable
         if scored[i]["hallucinated"] >= c["hallucinated"] + gap
         and scored[i]["correct"] <= c["correct"]
+        and (
+            max_extra is None
+            or scored[i]["correct"] + scored[i]["hallucinated"]
+            <= c["correct"] + c["hallucinated"] + max_extra
+        )
     ]
     if not rivals:
         return None
@@ -144,7 +155,7 @@ def on_policy_pairs(
                     "degenerate": checker.reason(texts[j]) is not None,
                 }
             )
-        picked = _pick(scored, cfg.min_hallucination_gap)
+        picked = _pick(scored, cfg.min_hallucination_gap, cfg.max_extra_objects)
         if picked is None:
             continue
         c, r = scored[picked[0]], scored[picked[1]]
@@ -161,6 +172,8 @@ def on_policy_pairs(
                 "rejected_hallucinated": r["hallucinated"],
                 "chosen_correct": c["correct"],
                 "rejected_correct": r["correct"],
+                "chosen_words": c["words"],
+                "rejected_words": r["words"],
             }
         )
     frame = pd.DataFrame(pairs)
@@ -170,7 +183,7 @@ def on_policy_pairs(
         "images_without_pair": float(len(rows) - len(frame)),
     }
     for side in ("chosen", "rejected"):
-        for what in ("hallucinated", "correct"):
+        for what in ("hallucinated", "correct", "words"):
             column = f"{side}_{what}"
             stats[f"mean_{column}"] = float(frame[column].mean()) if len(frame) else 0.0
     logger.info(
