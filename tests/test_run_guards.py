@@ -9,6 +9,8 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -91,28 +93,33 @@ def test_a_run_killed_outright_is_marked_by_the_next_one(project):
     assert client.get_logged_model(pending.model_id).status == LoggedModelStatus.FAILED
 
 
-def test_a_second_run_at_once_fails_naming_the_first(project):
+@contextmanager
+def _lock_held(code: str, path: Path) -> Iterator[subprocess.Popen]:
+    """Another process running ``code`` (which prints "locked" once it holds ``path``)."""
     holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys, time; from pathlib import Path; "
-            "from povid_kedro.hooks import acquire_run_lock; "
-            "lock, _ = acquire_run_lock(Path(sys.argv[1]), {'pipeline_names': ['evaluate']}); "
-            "print('locked', flush=True); time.sleep(60)",
-            str(project / LOCK_FILE),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
+        [sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True
     )
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(RunLockedError) as err:
-            run_pipeline(project, "embedded_world")
-        assert f"pid {holder.pid}" in str(err.value) and "['evaluate']" in str(err.value)
+        yield holder
     finally:
         holder.kill()
         holder.wait()
+
+
+RUN_LOCK_HOLDER = (
+    "import sys, time; from pathlib import Path; "
+    "from povid_kedro.hooks import acquire_run_lock; "
+    "lock, _ = acquire_run_lock(Path(sys.argv[1]), {'pipeline_names': ['evaluate']}); "
+    "print('locked', flush=True); time.sleep(60)"
+)
+
+
+def test_a_second_run_at_once_fails_naming_the_first(project):
+    with _lock_held(RUN_LOCK_HOLDER, project / LOCK_FILE) as holder:
+        with pytest.raises(RunLockedError) as err:
+            run_pipeline(project, "embedded_world")
+        assert f"pid {holder.pid}" in str(err.value) and "['evaluate']" in str(err.value)
     # Once the first has ended, runs go ahead again.
     run_pipeline(project, "embedded_world")
     assert [r.info.status for r in _runs(project)] == ["FINISHED"]
@@ -145,18 +152,8 @@ time.sleep(60)
 def test_a_locked_store_says_who_to_wait_for(project):
     MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}").search_experiments()
     mlflow.set_tracking_uri("")
-    holder = subprocess.Popen(
-        [sys.executable, "-c", LOCK_HOLDER, str(project / "mlflow.db")],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(StoreError) as err:
-            run_pipeline(project, "embedded_world")
-    finally:
-        holder.kill()
-        holder.wait()
+    with _lock_held(LOCK_HOLDER, project / "mlflow.db"), pytest.raises(StoreError) as err:
+        run_pipeline(project, "embedded_world")
     assert str(project / "mlflow.db") in str(err.value)
     assert "write lock" in str(err.value) and "mlflow ui" in str(err.value)
 
