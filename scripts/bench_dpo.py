@@ -1,7 +1,7 @@
 """Benchmark: per-step time of POVID stage 1 and stage 2 next to trl's stock DPOTrainer, one run.
 
 All variants train the same LoRA (r 16 on the LM's q/v) on copies of the same default tiny model
-(``ModelConfig()``: 96×96 images, 64 image tokens) and one fixed batch of ``--batch`` preference
+(``ModelConfig()``: 96×96 images, 36 image tokens) and one fixed batch of ``--batch`` preference
 pairs from the embedded world (every step sees the same pairs). Two numbers per variant:
 
 - ``step``: wall time of a full trainer step inside ``trainer.train()`` (data collation included:
@@ -31,7 +31,6 @@ import sys
 import tempfile
 import time
 import warnings
-from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -39,11 +38,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-import yaml  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from transformers import PrinterCallback, TrainerCallback  # noqa: E402
 from trl import DPOTrainer  # noqa: E402
 
+from povid_kedro.experiments import project_parameters  # noqa: E402
 from povid_kedro.modeling import ModelConfig, build_model_and_processor, train_tokenizer  # noqa: E402
 from povid_kedro.noise import NoiseConfig  # noqa: E402
 from povid_kedro.training import StageConfig, train_stage1, train_stage2  # noqa: E402
@@ -57,14 +56,13 @@ from povid_kedro.training.losses import (  # noqa: E402
 from povid_kedro.training.trainer import POVIDTrainer, _lora_config, dpo_args  # noqa: E402
 from povid_kedro.world import WorldConfig, generate_world  # noqa: E402
 
-PARAMS = Path(__file__).resolve().parents[1] / "conf/base/parameters_embedded_world.yml"
 LORA = {"r": 16, "alpha": 32}
 NOISE = NoiseConfig(step=350, seed=0)
 SCRATCH = tempfile.mkdtemp(prefix="bench-dpo-")  # trainers create their output_dir eagerly
 
 
 def _world_pairs(n: int) -> tuple[pd.DataFrame, dict[str, Any], list[str]]:
-    params = yaml.safe_load(PARAMS.read_text())["embedded_world"]
+    params = project_parameters()["embedded_world"]
     params.update(n_train_images=max(40, n), n_eval_images=8)
     world = generate_world(WorldConfig.from_dict(params))
     rows, texts = [], []

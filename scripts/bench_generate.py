@@ -25,8 +25,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
-import yaml  # noqa: E402
 
+from povid_kedro.experiments import project_parameters  # noqa: E402
 from povid_kedro.modeling import (  # noqa: E402
     ModelConfig,
     build_model_and_processor,
@@ -35,9 +35,6 @@ from povid_kedro.modeling import (  # noqa: E402
     train_tokenizer,
 )
 from povid_kedro.world import WorldConfig, generate_world  # noqa: E402
-
-PARAMS = Path(__file__).resolve().parents[1] / "conf/base/parameters_embedded_world.yml"
-PROMPT = "<image>\nDescribe the following image in detail."
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    params = yaml.safe_load(PARAMS.read_text())["embedded_world"]
+    project = project_parameters()
+    params = project["embedded_world"]
     params.update(n_train_images=200, n_eval_images=args.n)
     world = generate_world(WorldConfig.from_dict(params))
     images = [world.eval_images[name] for name in sorted(world.eval_images)][: args.n]
@@ -60,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         texts = [c["value"] for r in world.instructions["detail"] for c in r["conversations"]]
         model, processor = build_model_and_processor(ModelConfig(), train_tokenizer(texts))
-    prompts = [PROMPT] * len(images)
+    prompts = [project["evaluate"]["description_prompt"]] * len(images)
     kwargs = {"max_new_tokens": args.max_new_tokens, "progress": False}
 
     generate(model, processor, images[:2], prompts[:2], **kwargs)  # warm-up

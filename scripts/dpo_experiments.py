@@ -38,9 +38,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-from kedro.config import OmegaConfigLoader  # noqa: E402
-from tune_base_model import deep_merge  # noqa: E402
 
+from povid_kedro.experiments import deep_merge, project_parameters  # noqa: E402
 from povid_kedro.hallucination.onpolicy import OnPolicyConfig, on_policy_pairs  # noqa: E402
 from povid_kedro.images import ImageFolder  # noqa: E402
 from povid_kedro.metrics.chair import Chair  # noqa: E402
@@ -243,8 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
-    loader = OmegaConfigLoader(str(ROOT / "conf"), base_env="base", default_run_env="local")
-    params = loader["parameters"]
+    params = project_parameters()
     if args.pope_questions:
         params["evaluate"]["max_pope_questions"] = args.pope_questions
     with tempfile.TemporaryDirectory(prefix="povid-val-") as tmp:

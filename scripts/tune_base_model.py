@@ -32,7 +32,6 @@ Re-score saved descriptions without training (same ``--world``)::
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import os
@@ -47,8 +46,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
-import yaml  # noqa: E402
 
+from povid_kedro.experiments import deep_merge, project_parameters  # noqa: E402
 from povid_kedro.metrics.chair import Chair  # noqa: E402
 from povid_kedro.metrics.pope import score_pope  # noqa: E402
 from povid_kedro.modeling import (  # noqa: E402
@@ -66,20 +65,10 @@ from povid_kedro.world import WorldConfig, generate_world  # noqa: E402
 
 logger = logging.getLogger("tune_base_model")
 
-PARAMS = Path(__file__).resolve().parents[1] / "conf/base/parameters_embedded_world.yml"
-EVAL_PROMPT = "<image>\nDescribe the following image in detail."
-POPE_TEMPLATE = "<image>\n{question}\nAnswer the question using a single word or phrase."
-
-
-def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """Return ``base`` with ``overrides`` merged in, recursively for nested mappings."""
-    merged = copy.deepcopy(dict(base))
-    for key, value in overrides.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
+# The evaluate pipeline's prompts (conf/base/globals.yml).
+EVALUATE = project_parameters()["evaluate"]
+EVAL_PROMPT = EVALUATE["description_prompt"]
+POPE_TEMPLATE = EVALUATE["pope_template"]
 
 
 def cooccurrence_rates(
@@ -256,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     overrides = json.loads(args.world)
-    params = deep_merge(yaml.safe_load(PARAMS.read_text())["embedded_world"], overrides)
+    params = deep_merge(project_parameters()["embedded_world"], overrides)
     start = time.perf_counter()
     world = generate_world(WorldConfig.from_dict(params))
     world_seconds = time.perf_counter() - start

@@ -16,10 +16,9 @@ from PIL import Image
 
 from povid_kedro.images import ImageFolder
 from povid_kedro.modeling.generate import generate
+from povid_kedro.schema import POPE_SPLITS
 
 logger = logging.getLogger(__name__)
-
-POPE_SPLITS = ("random", "popular", "adversarial")
 
 
 def _open_rgb(images: ImageFolder, relpath: str, where: str) -> Image.Image:

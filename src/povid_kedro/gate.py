@@ -7,6 +7,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from povid_kedro.schema import GATE_CHAIR, GATE_METRICS, GATE_POPE_F1
+
 WEIGHTS_TAG = "weights_sha256"  # the registered version's weights digest
 EVAL_SET_TAGS = ("eval_set", "eval_images", "eval_pope_questions")
 
@@ -50,8 +52,8 @@ def _compare(
     whose: str,
     max_pope_f1_drop: float,
 ) -> tuple[bool, str]:
-    chair, best_chair = candidate["chair_s"], incumbent["chair_s"]
-    f1, best_f1 = candidate["pope_f1_mean"], incumbent["pope_f1_mean"]
+    chair, best_chair = candidate[GATE_CHAIR], incumbent[GATE_CHAIR]
+    f1, best_f1 = candidate[GATE_POPE_F1], incumbent[GATE_POPE_F1]
     if chair >= best_chair:
         return False, f"{lead}CHAIR_s {chair:.3f} is not lower than the {whose} {best_chair:.3f}"
     if f1 < best_f1 - max_pope_f1_drop:
@@ -133,7 +135,7 @@ def collapse_failures(
 def metrics_from_tags(tags: Mapping[str, Any]) -> dict[str, float] | None:
     """The gate metrics stored on a model version's tags, if it has them."""
     try:
-        return {"chair_s": float(tags["chair_s"]), "pope_f1_mean": float(tags["pope_f1_mean"])}
+        return {key: float(tags[key]) for key in GATE_METRICS}
     except (KeyError, TypeError, ValueError):
         return None
 

@@ -17,6 +17,7 @@ from kedro.framework.hooks import hook_impl
 from kedro.io import DataCatalog
 from kedro.pipeline import Node, Pipeline
 
+from povid_kedro.noise import GENERATED
 from povid_kedro.params import ParameterError, validate_group
 
 logger = logging.getLogger(__name__)
@@ -147,7 +148,7 @@ class ParameterCheckHooks:
         """Stage 2 in ``generated`` mode needs the free answers under noise, made beforehand."""
         mode = (parameters.get("noise_trigger") or {}).get("mode")
         needs = "noisy_responses" in pipeline.inputs()
-        if mode != "generated" or not needs or not catalog.exists("noisy_responses"):
+        if mode != GENERATED or not needs or not catalog.exists("noisy_responses"):
             return
         responses = catalog.load("noisy_responses")
         if "noisy_rejected" not in responses or responses["noisy_rejected"].isna().all():

@@ -25,25 +25,16 @@ import numpy as np
 import pandas as pd
 
 from povid_kedro.images import ImageFolder, ImagePathError, ImageReadError
+from povid_kedro.schema import (
+    DESCRIPTION,
+    GROUND_TRUTH_COLUMNS,
+    IMAGE_TOKEN,
+    REASONING,
+    TASK_TYPES,
+)
 
 logger = logging.getLogger(__name__)
 
-IMAGE_TOKEN = "<image>"
-DESCRIPTION = "description"
-REASONING = "reasoning"
-VQA = "vqa"  # one-word answers (LLaVA-1.5's VQA-style data), for the base model only
-TASK_TYPES = (DESCRIPTION, REASONING, VQA)
-
-GROUND_TRUTH_COLUMNS = [
-    "id",
-    "image",
-    "task_type",
-    "prompt",
-    "answer",
-    "rejected",
-    "source",
-    "turn",
-]
 QUARANTINE_COLUMNS = ["source", "index", "id", "image", "reason", "message"]
 
 # Reason codes, so that quarantine tables can be filtered and counted.

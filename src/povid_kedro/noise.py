@@ -21,7 +21,7 @@ import dataclasses
 import functools
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -38,7 +38,10 @@ POVID_SCHEDULER_KWARGS: dict[str, Any] = {
 POVID_NOISE_STEP = 500
 """The paper's noise step ``k`` (of 1000), chosen for natural photos."""
 
-NOISE_MODES = ("teacher_forced", "generated")
+TEACHER_FORCED = "teacher_forced"
+GENERATED = "generated"
+NoiseMode = Literal["teacher_forced", "generated"]
+NOISE_MODES: tuple[NoiseMode, ...] = (TEACHER_FORCED, GENERATED)
 """How ``y_n-`` is built: teacher-forced argmax tokens (official code) or a free answer."""
 
 
@@ -145,7 +148,7 @@ class NoiseConfig:
 
     step: int = POVID_NOISE_STEP
     seed: int = 0
-    mode: str = "teacher_forced"
+    mode: NoiseMode = TEACHER_FORCED
     generate: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -2,38 +2,25 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from PIL import Image
 
+from povid_kedro.experiments import deep_merge, project_parameters
 from tests.hallucination.synthetic import hallucinate, make_loader, make_samples
 from tests.support.chat_server import ChatServer, rewrite_quoted
 
 REPO = Path(__file__).resolve().parents[2]
-PARAMS_FILE = REPO / "conf" / "base" / "parameters_inject_hallucinations.yml"
 SECRET = "sk-test-SECRET-0123456789abcdef"
-
-
-def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """``base`` updated recursively with ``override`` (neither is modified)."""
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 @pytest.fixture(scope="session")
 def base_params() -> dict[str, Any]:
     """The project's ``inject_hallucinations`` parameters, as Kedro would pass them."""
-    return yaml.safe_load(PARAMS_FILE.read_text(encoding="utf-8"))["inject_hallucinations"]
+    return project_parameters()["inject_hallucinations"]
 
 
 @pytest.fixture

@@ -30,7 +30,9 @@ def test_serves_48_concurrent_requests_in_parallel():
             return elapsed
 
         elapsed = asyncio.run(go())
-        assert elapsed < 0.3 * 3  # sequential would take 14.4 s
+        # Sequential would take 48 x 0.3 = 14.4 s; a quarter of that leaves room for a loaded
+        # machine and still fails for a server that handles a few requests at a time.
+        assert elapsed < 0.3 * 48 / 4
         assert len(server.chat_requests) == 48
 
 

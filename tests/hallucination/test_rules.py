@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 
 import povid_kedro
+from povid_kedro.experiments import deep_merge
 from povid_kedro.hallucination import RuleInjector, make_injector, parse_synonyms
 from povid_kedro.hallucination.base import assign_type
 from povid_kedro.hallucination.config import InjectConfig
-from povid_kedro.hallucination.rules import pluralize
-from tests.hallucination.conftest import deep_merge
+from povid_kedro.inflect import pluralize
 from tests.hallucination.synthetic import make_samples
 
 COCO_SYNONYMS = Path(povid_kedro.__file__).parent / "resources" / "coco_synonyms.txt"

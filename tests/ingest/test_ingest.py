@@ -11,7 +11,6 @@ from PIL import Image
 
 from povid_kedro.images import ImageFolder
 from povid_kedro.ingest import (
-    GROUND_TRUTH_COLUMNS,
     IngestConfig,
     NoValidRecordsError,
     ingest,
@@ -19,6 +18,7 @@ from povid_kedro.ingest import (
     sample_stratified,
     split_by_image,
 )
+from povid_kedro.schema import GROUND_TRUTH_COLUMNS
 
 DESCRIBE = "Describe the following image in detail."
 

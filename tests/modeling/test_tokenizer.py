@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from transformers import AutoTokenizer
 
-from povid_kedro.modeling.tokenizer import IMAGE_TOKEN
+from povid_kedro.schema import IMAGE_TOKEN
 
 
 def test_round_trip_is_exact(tokenizer):

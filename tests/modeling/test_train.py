@@ -12,13 +12,14 @@ from povid_kedro.modeling import (
     rows_from_llava_instruct,
     train_sft,
 )
-from povid_kedro.modeling.data import IGNORE_INDEX, SFTCollator, encode_rows
+from povid_kedro.modeling.data import SFTCollator, encode_rows
 from povid_kedro.modeling.train import (
     _task_stream,
     accumulate_step,
     cosine_lr,
     weighted_lm_loss,
 )
+from povid_kedro.schema import IGNORE_INDEX
 
 from .conftest import PROMPT
 

@@ -20,7 +20,11 @@ from tests.training.conftest import MODEL_CFG
 
 
 def _reasons(encoded):
-    return dict(encoded.invalid)
+    return {pair.id: pair.message for pair in encoded.invalid}
+
+
+def _codes(encoded):
+    return {pair.id: pair.reason for pair in encoded.invalid}
 
 
 def test_bad_pairs_are_reported_by_id_and_dropped(fresh, pairs):
@@ -38,6 +42,13 @@ def test_bad_pairs_are_reported_by_id_and_dropped(fresh, pairs):
     assert "no room for the answer" in reasons["s3"]
     assert "duplicate id" in reasons["s0"]
     assert "<image>" in reasons["s5"]
+    assert _codes(encoded) == {
+        "s1": "identical_answers",
+        "s2": "empty_answer",
+        "s3": "prompt_too_long",
+        "s0": "duplicate_id",
+        "s5": "image_tokens",
+    }
     assert set(encoded.ids) == {"s0", "s6", "s7", "s8", "s9"}  # row 4 became a second s0
     assert len(encoded.ids) == len(set(encoded.ids))
 
@@ -68,7 +79,8 @@ def test_chosen_and_rejected_identical_after_truncation_are_reported(fresh, pair
     # hallucinate() only changes the end of the caption: one answer token cannot tell them apart.
     encoded = encode_pairs(processor, pairs, max_length=prompt_len + 1)
     assert len(encoded) == 0
-    assert all("after cutting" in reason for _, reason in encoded.invalid)
+    assert all("after cutting" in pair.message for pair in encoded.invalid)
+    assert {pair.reason for pair in encoded.invalid} == {"identical_after_cut"}
 
 
 def test_prompt_must_be_a_prefix_of_the_conversation(fresh, pairs):
@@ -83,7 +95,7 @@ def test_prompt_must_be_a_prefix_of_the_conversation(fresh, pairs):
     )
     encoded = encode_pairs(broken, pairs, 96)
     assert len(encoded) == 0
-    assert all("prefix" in reason for _, reason in encoded.invalid)
+    assert all("prefix" in pair.message for pair in encoded.invalid)
 
 
 def test_missing_columns_and_broken_images(fresh, pairs, load_image):
@@ -94,7 +106,8 @@ def test_missing_columns_and_broken_images(fresh, pairs, load_image):
     frame.loc[0, "image"] = "img/missing.png"
     encoded = encode_pairs(processor, frame, 96)
     broken = ImageBank(processor, load_image).check(encoded)
-    assert broken and broken[0][0] == "s0" and "cannot be loaded" in broken[0][1]
+    assert broken and broken[0].id == "s0" and "cannot be loaded" in broken[0].message
+    assert broken[0].reason == "image_unreadable"
 
 
 def test_collator_lays_out_blocks_for_few_forwards(fresh, pairs, load_image):

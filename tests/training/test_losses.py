@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
+from povid_kedro.schema import IGNORE_INDEX
 from povid_kedro.training.losses import (
-    IGNORE_INDEX,
     dpo_loss,
     image_dependent_labels,
     length_desensitised_logps,

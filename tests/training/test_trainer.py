@@ -40,7 +40,7 @@ def _changed(before, model):
     return any(not torch.equal(value, now[name]) for name, value in before.items())
 
 
-def test_stage1_moves_the_margin_and_skips_invalid_pairs(fresh, pairs, load_image):
+def test_stage1_moves_the_margin_and_skips_invalid_pairs(fresh, pairs, load_image, caplog):
     model, processor = fresh
     reference = copy.deepcopy(model)
     frame = pairs.copy()
@@ -49,7 +49,13 @@ def test_stage1_moves_the_margin_and_skips_invalid_pairs(fresh, pairs, load_imag
 
     assert isinstance(merged, LlavaForConditionalGeneration)
     assert "forward" not in merged.__dict__  # trl's fused-head patch does not leave with it
-    assert report.invalid_pairs == [("s2", "chosen and rejected are identical")]
+    assert report.invalid_pairs == [
+        ("s2", "identical_answers", "chosen and rejected are identical")
+    ]
+    # Each skipped pair is logged once, with the count per reason.
+    logged = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert sum("pair s2 not trained on" in m for m in logged) == 1
+    assert any("1 pairs not trained on (identical_answers 1)" in m for m in logged)
     assert (report.n_train_pairs, report.n_eval_pairs) == (7, 2)
     assert report.steps == len(report.step_metrics) == 6
     first, last = report.step_metrics[0], report.step_metrics[-1]

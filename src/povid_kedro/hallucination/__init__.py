@@ -24,7 +24,7 @@ from povid_kedro.hallucination.base import (
     LoadImage,
 )
 from povid_kedro.hallucination.cache import InjectionCache, cache_key
-from povid_kedro.hallucination.config import HALLUCINATION_TYPES, TASK_TYPES, InjectConfig
+from povid_kedro.hallucination.config import HALLUCINATION_TYPES, InjectConfig
 from povid_kedro.hallucination.formats import diff_report, to_povid_json, to_trl_rows
 from povid_kedro.hallucination.rules import RuleInjector, parse_synonyms
 from povid_kedro.hallucination.validate import Validator, Verdict
@@ -34,7 +34,6 @@ __all__ = [
     "FAILURE_COLUMNS",
     "HALLUCINATION_TYPES",
     "PROVIDED",
-    "TASK_TYPES",
     "ClientConfig",
     "InjectConfig",
     "InjectionCache",

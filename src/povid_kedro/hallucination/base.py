@@ -17,13 +17,15 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
-from povid_kedro.hallucination.config import DESCRIPTION, VQA, InjectConfig
+from povid_kedro.hallucination.config import InjectConfig
+from povid_kedro.schema import DESCRIPTION, GROUND_TRUTH_COLUMNS, VQA
 
 logger = logging.getLogger(__name__)
 
 LoadImage = Callable[[str], Image.Image]
 
-INPUT_COLUMNS = ["id", "image", "task_type", "prompt", "answer", "rejected", "source", "turn"]
+# The injectors read the ground-truth table as ingest writes it.
+INPUT_COLUMNS = GROUND_TRUTH_COLUMNS
 ADDED_COLUMNS = [
     "hallucination_type",
     "hallucination_detail",

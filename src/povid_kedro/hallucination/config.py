@@ -12,10 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-DESCRIPTION = "description"
-REASONING = "reasoning"
-VQA = "vqa"  # one-word answers ("Yes" / "No"): injected only when type_mix lists the task
-TASK_TYPES = (DESCRIPTION, REASONING, VQA)
+from povid_kedro.schema import DESCRIPTION, REASONING, TASK_TYPES
+
+# One-word answers (VQA) are injected only when type_mix lists the task.
 REQUIRED_TASK_TYPES = (DESCRIPTION, REASONING)
 
 COOCCURRENCE = "cooccurrence"

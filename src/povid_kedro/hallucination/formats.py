@@ -9,7 +9,8 @@ from typing import Any
 
 import pandas as pd
 
-IMAGE_TOKEN = "<image>"
+from povid_kedro.schema import IMAGE_TOKEN
+
 _WORDS = re.compile(r"\S+")
 
 

@@ -47,9 +47,10 @@ from povid_kedro.hallucination.base import (
     split_provided,
 )
 from povid_kedro.hallucination.cache import InjectionCache, cache_key, sha256_text
-from povid_kedro.hallucination.config import TASK_TYPES, InjectConfig
+from povid_kedro.hallucination.config import InjectConfig
 from povid_kedro.hallucination.ratelimit import RateLimiter, backoff_delay, parse_retry_after
 from povid_kedro.hallucination.validate import Validator
+from povid_kedro.schema import IMAGE_TOKEN, TASK_TYPES
 
 logger = logging.getLogger(__name__)
 
@@ -376,7 +377,7 @@ class OpenAIInjector(Injector):
                 entry.get("raw"),
             )
         assert url is not None
-        question = " ".join(str(sample["prompt"]).replace("<image>", " ").split())
+        question = " ".join(str(sample["prompt"]).replace(IMAGE_TOKEN, " ").split())
         base_text = render_prompt(self.prompts[htype], question=question, answer=answer)
         text = base_text
         prompt_tokens = completion_tokens = 0

@@ -47,13 +47,14 @@ from povid_kedro.hallucination.config import (
     COOCCURRENCE,
     OMISSION,
     RELATION,
-    TASK_TYPES,
     WRONG_REASONING,
     InjectConfig,
     RulesConfig,
 )
 from povid_kedro.hallucination.validate import Validator
+from povid_kedro.inflect import INVARIANT, IRREGULAR_PLURALS, article, pluralize
 from povid_kedro.metrics.chair import parse_synonyms as chair_parse_synonyms
+from povid_kedro.schema import TASK_TYPES
 
 logger = logging.getLogger(__name__)
 
@@ -76,59 +77,6 @@ _ANAPHORIC_START = re.compile(
 )
 _ARTICLE_BEFORE = re.compile(r"\b([Aa]n?)(\s+)$")
 _PLURAL_CUES = {"many", "several", "some", "few", "multiple", "these", "those", "both"}
-
-_IRREGULAR_PLURALS = {
-    "person": "people",
-    "man": "men",
-    "woman": "women",
-    "child": "children",
-    "mouse": "mice",
-    "knife": "knives",
-    "leaf": "leaves",
-    "shelf": "shelves",
-    "wolf": "wolves",
-    "calf": "calves",
-    "half": "halves",
-    "loaf": "loaves",
-    "goose": "geese",
-    "foot": "feet",
-    "tooth": "teeth",
-    "ox": "oxen",
-    "potato": "potatoes",
-    "tomato": "tomatoes",
-}
-# Same form in singular and plural (or plural-only nouns).
-_INVARIANT = {
-    "sheep",
-    "deer",
-    "fish",
-    "bison",
-    "cattle",
-    "skis",
-    "scissors",
-    "glasses",
-    "aircraft",
-    "moose",
-}
-
-
-def pluralize(phrase: str) -> str:
-    """English plural of a (possibly multi-word) noun phrase: only the last word changes."""
-    head, _, last = phrase.rpartition(" ")
-    low = last.lower()
-    if low in _INVARIANT:
-        plural = last
-    elif low in _IRREGULAR_PLURALS:
-        plural = _IRREGULAR_PLURALS[low]
-    elif low.endswith("man") and low not in {"human", "german"}:
-        plural = last[:-3] + "men"
-    elif low.endswith(("s", "x", "z", "ch", "sh")):
-        plural = last + "es"
-    elif low.endswith("y") and len(low) > 1 and low[-2] not in "aeiou":
-        plural = last[:-1] + "ies"
-    else:
-        plural = last + "s"
-    return f"{head} {plural}" if head else plural
 
 
 def parse_synonyms(
@@ -257,24 +205,14 @@ def _match_case(original: str, replacement: str) -> str:
     return replacement
 
 
-def _article_for(word: str) -> str:
-    low = word.lower()
-    # Spelling-based heuristic; "uni-"/"eu-"/"one" sound like a consonant, "hour" does not.
-    if low.startswith(("uni", "use", "eu", "one", "ufo")):
-        return "a"
-    if low.startswith(("hour", "honest", "honou", "heir")):
-        return "an"
-    return "an" if low[:1] in "aeiou" else "a"
-
-
 def _apply(text: str, edits: list[tuple[int, int, str]]) -> str:
     """Replace char spans (non-overlapping), fixing ``a``/``an`` right before each one."""
     for start, end, new in sorted(edits, key=lambda e: e[0], reverse=True):
         before = text[:start]
-        article = _ARTICLE_BEFORE.search(before)
-        if article and new:
-            wanted = _match_case(article.group(1), _article_for(new))
-            before = before[: article.start(1)] + wanted + article.group(2)
+        found = _ARTICLE_BEFORE.search(before)
+        if found and new:
+            wanted = _match_case(found.group(1), article(new))
+            before = before[: found.start(1)] + wanted + found.group(2)
         text = before + new + text[end:]
     return text
 
@@ -331,9 +269,9 @@ class CorpusStats:
         m = self.matcher
         for canonical, forms in vocab.items():
             for form in forms:
-                if form in _IRREGULAR_PLURALS.values():
+                if form in IRREGULAR_PLURALS.values():
                     # Listed plurals ("people" under person) are plurals, not new nouns.
-                    singular = next(k for k, v in _IRREGULAR_PLURALS.items() if v == form)
+                    singular = next(k for k, v in IRREGULAR_PLURALS.items() if v == form)
                     m.add(form, OBJECT, (canonical, singular, True))
                     continue
                 m.add(form, OBJECT, (canonical, form, False))
@@ -396,7 +334,7 @@ class CorpusStats:
         fixed: list[_Match] = []
         for obj in analysis.get(OBJECT):
             canonical, singular, plural = obj.payload
-            if not plural and singular in _INVARIANT:
+            if not plural and singular in INVARIANT:
                 before = text[: obj.start].lower().split()[-2:]
                 plural = any(w in _PLURAL_CUES or w in self.count_words for w in before)
                 fixed.append(_Match(obj.start, obj.end, obj.text, (canonical, singular, plural)))
@@ -628,7 +566,7 @@ class RuleInjector(Injector):
         new, by_cooc = picked
         anchor = rng.choice(objects)
         surface = corpus.surface(new)
-        a_new = f"{_article_for(surface)} {surface}"
+        a_new = f"{article(surface)} {surface}"
         sentence = rng.choice(self.rules.addition_templates).format(
             a_new=a_new,
             A_new=_match_case("A", a_new),

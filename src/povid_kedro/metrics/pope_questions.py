@@ -11,8 +11,10 @@ from typing import Any
 
 import numpy as np
 
+from povid_kedro.inflect import article
+from povid_kedro.schema import POPE_SPLITS
+
 POPE_TEMPLATE = "Is there a {} in the image?"
-POPE_SPLITS = ("random", "popular", "adversarial")
 
 
 def pope_question_text(name: str, template: str = POPE_TEMPLATE) -> str:
@@ -28,7 +30,7 @@ def pope_question_text(name: str, template: str = POPE_TEMPLATE) -> str:
     Returns:
         The question.
     """
-    if name[:1].lower() in "aeiou":
+    if article(name) == "an":
         template = template.replace(" a {}", " an {}")
     return template.format(name)
 

@@ -50,8 +50,9 @@ class TokenizerConfig:
 class ModelConfig:
     """Sizes of the tiny ``LlavaForConditionalGeneration`` (CLIP vision tower + Llama LM).
 
-    The defaults give ≈0.8 M parameters with a ~900-token vocabulary: 96×96 images in 12-px
-    patches, i.e. 64 image tokens.
+    The defaults are the embedded default's model (``conf/base/parameters_base_model.yml``):
+    ≈0.8 M parameters with a ~900-token vocabulary, 96×96 images in 16-px patches, i.e. 36
+    image tokens.
 
     Attributes:
         image_size: Side of the square input image in pixels (the image processor resizes to it).
@@ -76,7 +77,7 @@ class ModelConfig:
     """
 
     image_size: int = 96
-    patch_size: int = 12
+    patch_size: int = 16  # conf/base: 16 px patches tile the 32 px grid cells
     vision_hidden_size: int = 64
     vision_layers: int = 2
     vision_heads: int = 4
@@ -156,7 +157,7 @@ class TrainConfig:
     num_threads: int = 0
     text_warmup_steps: int = 400
     text_warmup_lr: float = 3e-3
-    log_every: int = 100
+    log_every: int = 50
     loss_normalization: str = "token"
     task_batch: dict[str, int] | None = None
 

@@ -16,10 +16,9 @@ import torch
 from PIL import Image
 
 from povid_kedro.modeling.generate import Message, Prompt, to_messages
+from povid_kedro.schema import IGNORE_INDEX, IMAGE_TOKEN
 
 logger = logging.getLogger(__name__)
-
-IGNORE_INDEX = -100
 
 
 @dataclass
@@ -72,7 +71,7 @@ class SFTFeatures:
 def rows_from_llava_instruct(
     records: Iterable[Mapping[str, Any]],
     images: Mapping[str, Image.Image],
-    image_token: str = "<image>",
+    image_token: str = IMAGE_TOKEN,
     pack_turns: bool = False,
 ) -> list[SFTRow]:
     """Turn LLaVA-Instruct records into SFT rows.

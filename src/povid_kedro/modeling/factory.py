@@ -22,7 +22,7 @@ from transformers import (
 from transformers.utils import is_torchvision_available
 
 from povid_kedro.modeling.config import ModelConfig
-from povid_kedro.modeling.tokenizer import IMAGE_TOKEN
+from povid_kedro.schema import IMAGE_TOKEN
 
 logger = logging.getLogger(__name__)
 

@@ -17,13 +17,15 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from povid_kedro.schema import IMAGE_TOKEN
+
 logger = logging.getLogger(__name__)
 
 Message = dict[str, Any]
 Prompt = str | Sequence[Message]
 
 
-def to_messages(prompt: Prompt, image_token: str = "<image>") -> list[Message]:
+def to_messages(prompt: Prompt, image_token: str = IMAGE_TOKEN) -> list[Message]:
     """Turn a prompt into conversational messages for the chat template.
 
     Args:
@@ -51,7 +53,7 @@ def render_prompt(processor: Any, prompt: Prompt) -> str:
     Returns:
         The prompt text, e.g. ``"<s>USER: <image>\\nDescribe the image. ASSISTANT:"``.
     """
-    messages = to_messages(prompt, getattr(processor, "image_token", "<image>"))
+    messages = to_messages(prompt, getattr(processor, "image_token", IMAGE_TOKEN))
     return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 

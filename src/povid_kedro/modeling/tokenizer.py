@@ -16,10 +16,10 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from transformers import PreTrainedTokenizerFast
 
 from povid_kedro.modeling.config import TokenizerConfig
+from povid_kedro.schema import IMAGE_TOKEN
 
 logger = logging.getLogger(__name__)
 
-IMAGE_TOKEN = "<image>"
 PAD_TOKEN = "<pad>"
 BOS_TOKEN = "<s>"
 EOS_TOKEN = "</s>"

@@ -3,8 +3,8 @@
 Each pair is rendered with the processor's chat template exactly as generation renders a prompt
 (:func:`povid_kedro.modeling.generate.render_prompt`), then checked before any training: the
 template renders the prompt as a prefix of prompt+answer, the image tokens survive ``max_length``,
-the answers are non-empty and differ. A failing pair is reported as ``(id, reason)`` and never
-trained on; if no pair is left the encoder raises and says why.
+the answers are non-empty and differ. A failing pair is reported as an :class:`InvalidPair` (id,
+reason code, message) and never trained on; if no pair is left the encoder raises and says why.
 
 :class:`PairCollator` lays a micro-batch out so that a step needs as few forwards as possible:
 rows ``[chosen; rejected]`` (stage 1) or ``[chosen; rejected; noisy_rejected]`` (stage 2,
@@ -16,22 +16,50 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 import pandas as pd
 import torch
 from PIL import Image
 
 from povid_kedro.modeling.generate import render_prompt, to_messages
-from povid_kedro.noise import NoiseConfig, noisy_image
-from povid_kedro.training.losses import IGNORE_INDEX
+from povid_kedro.noise import GENERATED, TEACHER_FORCED, NoiseConfig, noisy_image
+from povid_kedro.schema import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("id", "image", "prompt", "chosen", "rejected")
 NOISY_REJECTED = "noisy_rejected"
+
+# Which DPO branches a batch feeds: stage 1 (y+ vs y_h-, clean image) or stage 2 with its
+# noise branch built one of the two ways (``NoiseConfig.mode``).
+STAGE1 = "stage1"
+Branches = Literal["stage1", "teacher_forced", "generated"]
+BRANCHES: tuple[Branches, ...] = (STAGE1, TEACHER_FORCED, GENERATED)
+
+# Why a pair is not trained on (``InvalidPair.reason``), so that reports can count them.
+PAIR_DUPLICATE_ID = "duplicate_id"
+PAIR_NO_IMAGE = "no_image"
+PAIR_IMAGE_UNREADABLE = "image_unreadable"
+PAIR_IMAGE_TOKENS = "image_tokens"
+PAIR_EMPTY_PROMPT = "empty_prompt"
+PAIR_EMPTY_ANSWER = "empty_answer"
+PAIR_IDENTICAL = "identical_answers"
+PAIR_TEMPLATE = "template_not_prefix"
+PAIR_PROMPT_TOO_LONG = "prompt_too_long"
+PAIR_IDENTICAL_AFTER_CUT = "identical_after_cut"
+
+
+class InvalidPair(NamedTuple):
+    """A pair left out of training: its id, a reason code (``PAIR_*``) and a message."""
+
+    id: str
+    reason: str
+    message: str
+
 
 ImageLoader = Callable[[str], Image.Image]
 """``load_image(relative_path) -> PIL.Image``."""
@@ -48,7 +76,7 @@ class EncodedPairs:
         chosen_ids: Answer token ids of ``y+`` (end-of-turn token included).
         rejected_ids: Answer token ids of ``y_h-``.
         noisy_rejected_ids: Answer token ids of a generated ``y_n-``, when asked for.
-        invalid: ``(id, reason)`` of every pair that was dropped.
+        invalid: An :class:`InvalidPair` for every pair that was dropped.
         n_truncated: Valid pairs with at least one answer cut at ``max_length``.
     """
 
@@ -58,7 +86,7 @@ class EncodedPairs:
     chosen_ids: list[list[int]] = field(default_factory=list)
     rejected_ids: list[list[int]] = field(default_factory=list)
     noisy_rejected_ids: list[list[int]] | None = None
-    invalid: list[tuple[str, str]] = field(default_factory=list)
+    invalid: list[InvalidPair] = field(default_factory=list)
     n_truncated: int = 0
 
     def __len__(self) -> int:
@@ -113,6 +141,15 @@ def count_image_tokens(processor: Any) -> int:
     return sum(1 for t in out["input_ids"][0] if t == processor.image_token_id)
 
 
+class _Invalid(Exception):
+    """A pair that fails a check: its reason code and a message for the log."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
 def encode_pairs(
     processor: Any,
     pairs: pd.DataFrame,
@@ -135,12 +172,47 @@ def encode_pairs(
         with_noisy_rejected: Also encode the generated image-side rejection ``noisy_rejected``.
 
     Returns:
-        The valid pairs, encoded, and ``invalid`` = ``[(id, reason), ...]`` for the others.
+        The valid pairs, encoded, and ``invalid``: an :class:`InvalidPair` for each other one.
 
     Raises:
         ValueError: If columns are missing.
     """
-    needed = list(REQUIRED_COLUMNS) + ([NOISY_REJECTED] if with_noisy_rejected else [])
+    answer_columns = ["chosen", "rejected"] + ([NOISY_REJECTED] if with_noisy_rejected else [])
+    _require_columns(pairs, [*REQUIRED_COLUMNS[:3], *answer_columns])
+    encoder = _PairEncoder(processor, max_length, answer_columns)
+    out = EncodedPairs(noisy_rejected_ids=[] if with_noisy_rejected else None)
+    seen: set[str] = set()
+    for record in pairs.to_dict("records"):
+        pair_id = str(record["id"])
+        try:
+            if pair_id in seen:
+                raise _Invalid(
+                    PAIR_DUPLICATE_ID, "duplicate id (noise seed and cache entry would collide)"
+                )
+            seen.add(pair_id)
+            image, prompt_ids, cut, truncated = encoder.encode(record)
+        except _Invalid as bad:
+            out.invalid.append(InvalidPair(pair_id, bad.reason, bad.message))
+            continue
+        out.n_truncated += truncated
+        out.ids.append(pair_id)
+        out.images.append(image)
+        out.prompt_ids.append(prompt_ids)
+        out.chosen_ids.append(cut["chosen"])
+        out.rejected_ids.append(cut["rejected"])
+        if out.noisy_rejected_ids is not None:
+            out.noisy_rejected_ids.append(cut[NOISY_REJECTED])
+    if out.n_truncated:
+        logger.warning(
+            "%d of %d pairs had an answer cut at max_length=%d",
+            out.n_truncated,
+            len(out),
+            max_length,
+        )
+    return out
+
+
+def _require_columns(pairs: pd.DataFrame, needed: Sequence[str]) -> None:
     missing = [c for c in needed if c not in pairs.columns]
     if missing:
         raise ValueError(
@@ -152,118 +224,127 @@ def encode_pairs(
                 else ""
             )
         )
-    tokenizer = processor.tokenizer
-    image_token = processor.image_token
-    n_image_tokens = count_image_tokens(processor)
-    expanded = image_token * n_image_tokens
-    bos = tokenizer.bos_token
-    out = EncodedPairs(noisy_rejected_ids=[] if with_noisy_rejected else None)
-    seen: set[str] = set()
-    answer_columns = ["chosen", "rejected"] + ([NOISY_REJECTED] if with_noisy_rejected else [])
 
-    for record in pairs.to_dict("records"):
-        pair_id = str(record["id"])
-        if pair_id in seen:
-            out.invalid.append((pair_id, "duplicate id (noise seed and cache entry would collide)"))
-            continue
-        seen.add(pair_id)
+
+class _PairEncoder:
+    """The checks and the tokenization of one pair, in the order :func:`encode_pairs` lists."""
+
+    def __init__(self, processor: Any, max_length: int, answer_columns: list[str]) -> None:
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.image_token = processor.image_token
+        self.n_image_tokens = count_image_tokens(processor)
+        self.max_length = max_length
+        self.answer_columns = answer_columns
+
+    def encode(
+        self, record: Mapping[str, Any]
+    ) -> tuple[str, list[int], dict[str, list[int]], bool]:
+        """``(image, prompt ids, answer ids cut to fit, whether any was cut)``; raises
+        :class:`_Invalid`."""
+        image = self._image(record)
+        prompt = self._prompt(record)
+        answers = self._answers(record)
+        prompt_text, answer_texts = self._render(prompt, answers)
+        prompt_ids = self._prompt_ids(prompt_text)
+        room = self.max_length - len(prompt_ids)
+        if room < 1:
+            raise _Invalid(
+                PAIR_PROMPT_TOO_LONG,
+                f"prompt is {len(prompt_ids)} tokens (image tokens included); "
+                f"max_length={self.max_length} leaves no room for the answer",
+            )
+        encoded = {
+            c: self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            for c, text in answer_texts.items()
+        }
+        cut = {c: ids[:room] for c, ids in encoded.items()}
+        if same := [c for c in self.answer_columns[1:] if cut[c] == cut["chosen"]]:
+            raise _Invalid(
+                PAIR_IDENTICAL_AFTER_CUT,
+                f"chosen and {same[0]} are identical after cutting to max_length",
+            )
+        return image, prompt_ids, cut, any(len(ids) > room for ids in encoded.values())
+
+    @staticmethod
+    def _image(record: Mapping[str, Any]) -> str:
         image = record.get("image")
         image = os.fspath(image) if isinstance(image, os.PathLike) else image
         if not isinstance(image, str) or not image:
-            out.invalid.append((pair_id, "no image path"))
-            continue
-        prompt = record["prompt"]
-        if isinstance(prompt, str) and prompt.count(image_token) > 1:
-            out.invalid.append((pair_id, f"prompt has {prompt.count(image_token)} {image_token}"))
-            continue
+            raise _Invalid(PAIR_NO_IMAGE, "no image path")
+        return image
+
+    def _prompt(self, record: Mapping[str, Any]) -> Any:
+        prompt, token = record["prompt"], self.image_token
+        if isinstance(prompt, str) and prompt.count(token) > 1:
+            raise _Invalid(PAIR_IMAGE_TOKENS, f"prompt has {prompt.count(token)} {token}")
         if _text(prompt) is None or (
-            isinstance(prompt, str) and not prompt.replace(image_token, "").strip()
+            isinstance(prompt, str) and not prompt.replace(token, "").strip()
         ):
-            out.invalid.append((pair_id, "empty prompt"))
-            continue
+            raise _Invalid(PAIR_EMPTY_PROMPT, "empty prompt")
         if not isinstance(prompt, str):  # trl conversational messages
             prompt = prompt.tolist() if hasattr(prompt, "tolist") else list(prompt)
-        answers = {c: _text(record.get(c)) for c in answer_columns}
-        empty = [c for c, text in answers.items() if not text or not text.strip()]
-        if empty:
-            out.invalid.append((pair_id, f"empty {', '.join(empty)}"))
-            continue
-        same = [c for c in answer_columns[1:] if answers[c].strip() == answers["chosen"].strip()]
-        if same:
-            out.invalid.append((pair_id, f"chosen and {same[0]} are identical"))
-            continue
+        return prompt
 
-        messages = to_messages(prompt, image_token)
-        prompt_text = render_prompt(processor, prompt)
+    def _answers(self, record: Mapping[str, Any]) -> dict[str, str]:
+        answers = {c: _text(record.get(c)) for c in self.answer_columns}
+        if empty := [c for c, text in answers.items() if not text or not text.strip()]:
+            raise _Invalid(PAIR_EMPTY_ANSWER, f"empty {', '.join(empty)}")
+        texts = {c: str(text) for c, text in answers.items()}
+        chosen = texts["chosen"].strip()
+        if same := [c for c in self.answer_columns[1:] if texts[c].strip() == chosen]:
+            raise _Invalid(PAIR_IDENTICAL, f"chosen and {same[0]} are identical")
+        return texts
+
+    def _render(self, prompt: Any, answers: dict[str, str]) -> tuple[str, dict[str, str]]:
+        """The prompt as generation renders it, and each answer as the text that follows it."""
+        messages = to_messages(prompt, self.image_token)
+        prompt_text = render_prompt(self.processor, prompt)
         answer_texts: dict[str, str] = {}
         for column, answer in answers.items():
-            full_text = processor.apply_chat_template(
+            full_text = self.processor.apply_chat_template(
                 [*messages, {"role": "assistant", "content": [{"type": "text", "text": answer}]}],
                 tokenize=False,
             )
             if not full_text.startswith(prompt_text):
-                break
+                raise _Invalid(
+                    PAIR_TEMPLATE,
+                    "chat template does not render the prompt as a prefix of prompt+answer",
+                )
             answer_texts[column] = full_text[len(prompt_text) :]
-        if len(answer_texts) != len(answers):
-            out.invalid.append(
-                (pair_id, "chat template does not render the prompt as a prefix of prompt+answer")
-            )
-            continue
+        return prompt_text, answer_texts
 
+    def _prompt_ids(self, prompt_text: str) -> list[int]:
         # Templates that write the BOS themselves (ours) must not get a second one; llava-hf's
         # leaves it to the tokenizer. Same rule as generation.
+        bos = self.tokenizer.bos_token
         add_special = not (bos and prompt_text.startswith(bos))
-        prompt_ids = tokenizer(
-            prompt_text.replace(image_token, expanded), add_special_tokens=add_special
-        )["input_ids"]
-        n_found = sum(1 for t in prompt_ids if t == processor.image_token_id)
-        if n_found != n_image_tokens:
-            out.invalid.append(
-                (pair_id, f"prompt has {n_found} image tokens, expected {n_image_tokens}")
+        expanded = prompt_text.replace(self.image_token, self.image_token * self.n_image_tokens)
+        prompt_ids = self.tokenizer(expanded, add_special_tokens=add_special)["input_ids"]
+        n_found = sum(1 for t in prompt_ids if t == self.processor.image_token_id)
+        if n_found != self.n_image_tokens:
+            raise _Invalid(
+                PAIR_IMAGE_TOKENS,
+                f"prompt has {n_found} image tokens, expected {self.n_image_tokens}",
             )
-            continue
-        room = max_length - len(prompt_ids)
-        if room < 1:
-            out.invalid.append(
-                (
-                    pair_id,
-                    f"prompt is {len(prompt_ids)} tokens (image tokens included); "
-                    f"max_length={max_length} leaves no room for the answer",
-                )
-            )
-            continue
-        encoded = {
-            c: tokenizer(text, add_special_tokens=False)["input_ids"]
-            for c, text in answer_texts.items()
-        }
-        cut = {c: ids[:room] for c, ids in encoded.items()}
-        same = [c for c in answer_columns[1:] if cut[c] == cut["chosen"]]
-        if same:
-            out.invalid.append(
-                (pair_id, f"chosen and {same[0]} are identical after cutting to max_length")
-            )
-            continue
-        out.n_truncated += any(len(ids) > room for ids in encoded.values())
-        out.ids.append(pair_id)
-        out.images.append(image)
-        out.prompt_ids.append(prompt_ids)
-        out.chosen_ids.append(cut["chosen"])
-        out.rejected_ids.append(cut["rejected"])
-        if out.noisy_rejected_ids is not None:
-            out.noisy_rejected_ids.append(cut[NOISY_REJECTED])
+        return prompt_ids
 
-    if out.n_truncated:
-        logger.warning(
-            "%d of %d pairs had an answer cut at max_length=%d",
-            out.n_truncated,
-            len(out),
-            max_length,
-        )
-    for pair_id, reason in out.invalid[:20]:
-        logger.warning("skipping pair %s: %s", pair_id, reason)
-    if len(out.invalid) > 20:
-        logger.warning("... and %d more invalid pairs", len(out.invalid) - 20)
-    return out
+
+def log_invalid_pairs(invalid: Sequence[InvalidPair], where: str, shown: int = 20) -> None:
+    """Log the pairs left out of training once: a count per reason, then the first few."""
+    if not invalid:
+        return
+    counts = Counter(pair.reason for pair in invalid)
+    logger.warning(
+        "%s: %d pairs not trained on (%s)",
+        where,
+        len(invalid),
+        ", ".join(f"{reason} {n}" for reason, n in counts.most_common()),
+    )
+    for pair in invalid[:shown]:
+        logger.warning("%s: pair %s not trained on: %s", where, pair.id, pair.message)
+    if len(invalid) > shown:
+        logger.warning("%s: ... and %d more", where, len(invalid) - shown)
 
 
 def require_pairs(encoded: EncodedPairs, n_given: int, what: str = "training") -> None:
@@ -277,7 +358,7 @@ def require_pairs(encoded: EncodedPairs, n_given: int, what: str = "training") -
     if n_given == 0:
         raise ValueError(f"no {what} preference pairs were given (is the 'split' column right?)")
     if len(encoded) == 0:
-        reasons = sorted({reason for _, reason in encoded.invalid})
+        reasons = sorted({pair.message for pair in encoded.invalid})
         raise ValueError(
             f"all {n_given} {what} preference pairs are invalid; reasons: {reasons[:5]}"
             + (f" (+{len(reasons) - 5} more)" if len(reasons) > 5 else "")
@@ -319,14 +400,14 @@ class ImageBank:
     def _process(self, images: list[Image.Image]) -> torch.Tensor:
         return self.image_processor(images=images, return_tensors="pt")["pixel_values"]
 
-    def check(self, encoded: EncodedPairs) -> list[tuple[str, str]]:
+    def check(self, encoded: EncodedPairs) -> list[InvalidPair]:
         """Open every image once (processing and caching it when caching); report failures by id.
 
         Args:
             encoded: The pairs.
 
         Returns:
-            ``(id, reason)`` of pairs whose image cannot be loaded.
+            The pairs whose image cannot be loaded.
         """
         failed: dict[str, str] = {}
         for path in dict.fromkeys(encoded.images):
@@ -338,7 +419,11 @@ class ImageBank:
                 Exception
             ) as err:  # a broken image must name the pair, whatever the loader raises
                 failed[path] = f"image {path!r} cannot be loaded: {type(err).__name__}: {err}"
-        return [(i, failed[p]) for i, p in zip(encoded.ids, encoded.images) if p in failed]
+        return [
+            InvalidPair(i, PAIR_IMAGE_UNREADABLE, failed[p])
+            for i, p in zip(encoded.ids, encoded.images, strict=True)
+            if p in failed
+        ]
 
     def clean(self, paths: Sequence[str]) -> torch.Tensor:
         """``(n, 3, H, W)`` processed clean images."""
@@ -385,11 +470,15 @@ class PairCollator:
     """
 
     def __init__(
-        self, pairs: EncodedPairs, bank: ImageBank, pad_token_id: int, branches: str = "stage1"
+        self,
+        pairs: EncodedPairs,
+        bank: ImageBank,
+        pad_token_id: int,
+        branches: Branches = STAGE1,
     ) -> None:
-        if branches not in ("stage1", "teacher_forced", "generated"):
+        if branches not in BRANCHES:
             raise ValueError(f"unknown branches {branches!r}")
-        if branches == "generated" and pairs.noisy_rejected_ids is None:
+        if branches == GENERATED and pairs.noisy_rejected_ids is None:
             raise ValueError("branches='generated' needs pairs encoded with noisy_rejected")
         self.pairs = pairs
         self.bank = bank
@@ -400,14 +489,14 @@ class PairCollator:
     @property
     def n_blocks(self) -> int:
         """Row blocks per micro-batch (2 or 3)."""
-        return 3 if self.branches == "generated" else 2
+        return 3 if self.branches == GENERATED else 2
 
     def __call__(self, examples: Sequence[Mapping[str, Any] | int]) -> dict[str, torch.Tensor]:
         """Build the batch for ``examples`` (the trainer's ``{"pair": i}`` rows, or ints)."""
         index = [int(e["pair"]) if isinstance(e, Mapping) else int(e) for e in examples]
         p = self.pairs
         answers = [p.chosen_ids, p.rejected_ids]
-        if self.branches == "generated":
+        if self.branches == GENERATED:
             answers.append(p.noisy_rejected_ids)  # type: ignore[arg-type]
         rows = [(p.prompt_ids[i], block[i]) for block in answers for i in index]
         width = max(len(prompt) + len(answer) for prompt, answer in rows)
@@ -427,7 +516,7 @@ class PairCollator:
             "pixel_values": self.bank.clean(paths),  # (B, 3, H, W)
             "pair_index": torch.tensor(index, dtype=torch.long),  # (B,)
         }
-        if self.branches == "teacher_forced":
+        if self.branches == TEACHER_FORCED:
             batch["noisy_pixel_values"] = self.bank.noisy([p.ids[i] for i in index], paths)
         if self.reference is not None:
             for name, values in self.reference.items():

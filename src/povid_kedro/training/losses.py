@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from povid_kedro.schema import IGNORE_INDEX
 
 
 def per_token_logps(

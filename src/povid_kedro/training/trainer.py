@@ -59,18 +59,22 @@ from trl import DPOConfig, DPOTrainer
 from trl.trainer.utils import use_adapter
 
 from povid_kedro.modeling.hf_dir import save_model_dir
-from povid_kedro.noise import NoiseConfig
+from povid_kedro.noise import GENERATED, TEACHER_FORCED, NoiseConfig
+from povid_kedro.schema import IGNORE_INDEX
 from povid_kedro.training.config import Stage2Config, StageConfig
 from povid_kedro.training.data import (
+    STAGE1,
+    Branches,
     EncodedPairs,
     ImageBank,
     ImageLoader,
+    InvalidPair,
     PairCollator,
     encode_pairs,
+    log_invalid_pairs,
     require_pairs,
 )
 from povid_kedro.training.losses import (
-    IGNORE_INDEX,
     dpo_loss,
     image_dependent_labels,
     length_desensitised_logps,
@@ -140,7 +144,7 @@ class TrainReport:
             ``/logps_rejected`` (means over the step's micro-batches).
         eval_metrics: The same per-branch metrics on the eval split after training
             (``eval/<branch>/...``), when there are eval pairs.
-        invalid_pairs: ``(id, reason)`` of every pair that was not used (train and eval).
+        invalid_pairs: Every pair that was not used (train and eval), logged once.
         n_train_pairs: Valid training pairs.
         n_eval_pairs: Valid eval pairs.
         n_unused_pairs: Training pairs left out because ``max_steps`` would not reach them
@@ -149,13 +153,13 @@ class TrainReport:
     """
 
     stage: str
-    branches: str
+    branches: Branches
     steps: int = 0
     seconds: float = 0.0
     reference_seconds: float = 0.0
     step_metrics: list[dict[str, float]] = field(default_factory=list)
     eval_metrics: dict[str, float] = field(default_factory=dict)
-    invalid_pairs: list[tuple[str, str]] = field(default_factory=list)
+    invalid_pairs: list[InvalidPair] = field(default_factory=list)
     n_train_pairs: int = 0
     n_eval_pairs: int = 0
     n_unused_pairs: int = 0
@@ -216,7 +220,7 @@ class POVIDTrainer(DPOTrainer):
     ) -> None:
         self.stage_cfg = stage_cfg
         self.branches = collator.branches
-        if isinstance(stage_cfg, Stage2Config) and self.branches != "stage1":
+        if isinstance(stage_cfg, Stage2Config) and self.branches != STAGE1:
             self.branch_weights = {"h": stage_cfg.hallucination_weight, "n": stage_cfg.noise_weight}
         else:
             self.branch_weights = {"h": stage_cfg.hallucination_weight}
@@ -309,7 +313,7 @@ class POVIDTrainer(DPOTrainer):
         clean_pixels = pixel_values.repeat(
             blocks, *([1] * (pixel_values.dim() - 1))
         )  # (R, 3, H, W)
-        teacher_forced = self.branches == "teacher_forced"
+        teacher_forced = self.branches == TEACHER_FORCED
         noisy_logits = None
         if teacher_forced and reference:
             logits = self._logits(
@@ -340,7 +344,7 @@ class POVIDTrainer(DPOTrainer):
             "chosen": (token_logps[:b], mask[:b]),
             "rejected": (token_logps[b : 2 * b], mask[b : 2 * b]),
         }
-        if self.branches == "generated":
+        if self.branches == GENERATED:
             terms["noisy"] = (token_logps[2 * b :], mask[2 * b :])
         elif teacher_forced:
             assert noisy_logits is not None
@@ -703,11 +707,9 @@ def _encode_checked(
     encoded = encode_pairs(processor, pairs, cfg.max_length, with_noisy_rejected=generated)
     broken = bank.check(encoded)
     if broken:
-        bad = {pair_id for pair_id, _ in broken}
+        bad = {pair.id for pair in broken}
         encoded = encoded.subset([i for i, pair_id in enumerate(encoded.ids) if pair_id not in bad])
         encoded.invalid.extend(broken)
-        for pair_id, reason in broken[:20]:
-            logger.warning("skipping pair %s: %s", pair_id, reason)
     return encoded
 
 
@@ -736,7 +738,7 @@ def _run_stage(
     pairs: pd.DataFrame,
     load_image: ImageLoader,
     cfg: StageConfig,
-    branches: str,
+    branches: Branches,
     noise: NoiseConfig | None,
     callbacks: Sequence[TrainerCallback] | None,
     progress: bool,
@@ -763,10 +765,11 @@ def _run_stage(
         )
         train_df = train_df.sample(n=seen, random_state=cfg.seed).sort_index()
     bank = ImageBank(processor, load_image, noise=noise, cache=cfg.pixel_cache)
-    generated = branches == "generated"
+    generated = branches == GENERATED
     train = _encode_checked(processor, train_df, bank, cfg, generated)
     evals = _encode_checked(processor, eval_df, bank, cfg, generated) if len(eval_df) else None
     report.invalid_pairs = list(train.invalid) + (list(evals.invalid) if evals else [])
+    log_invalid_pairs(report.invalid_pairs, stage)
     require_pairs(train, len(train_df))
     report.n_train_pairs = len(train)
     report.n_eval_pairs = len(evals) if evals else 0
@@ -914,7 +917,7 @@ def train_stage1(
     """
     cfg = cfg if isinstance(cfg, StageConfig) else StageConfig.from_dict(cfg, "stage1")
     return _run_stage(
-        "stage1", model, processor, pairs, load_image, cfg, "stage1", None, callbacks, progress
+        "stage1", model, processor, pairs, load_image, cfg, STAGE1, None, callbacks, progress
     )
 
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from povid_kedro.inflect import pluralize
 from povid_kedro.world.render import GLYPHS
 
 _SPLITS = ("train", "eval")
@@ -354,16 +355,7 @@ class WorldConfig:
                 return cat.plural
         if word in self.text.irregular_plurals:
             return self.text.irregular_plurals[word]
-        head, _, last = word.rpartition(" ")
-        if last in self.text.irregular_plurals:
-            inflected = self.text.irregular_plurals[last]
-        elif re.search(r"(s|x|z|ch|sh)$", last):
-            inflected = last + "es"
-        elif re.search(r"[^aeiou]y$", last):
-            inflected = last[:-1] + "ies"
-        else:
-            inflected = last + "s"
-        return f"{head} {inflected}" if head else inflected
+        return pluralize(word, self.text.irregular_plurals)
 
     def vocabulary_words(self) -> dict[str, str]:
         """Map every object word (names, synonyms and their plurals) to its category.

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from povid_kedro.metrics.pope_questions import POPE_SPLITS, build_pope_questions
+from povid_kedro.metrics.pope_questions import build_pope_questions
+from povid_kedro.schema import POPE_SPLITS
 from povid_kedro.world.config import WorldConfig
 from povid_kedro.world.formats import (
     coco_captions,

@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from povid_kedro.inflect import article as _article
+from povid_kedro.schema import IMAGE_TOKEN
 from povid_kedro.world.config import CategoryConfig, WorldConfig
 from povid_kedro.world.scenes import OPPOSITE, RELATIONS, position_phrase, true_relations
-
-IMAGE_TOKEN = "<image>"
 
 _SCENE_SENTENCES = (
     "The image shows {scene}.",
@@ -119,10 +119,6 @@ class _Group:
 
 def _cap(text: str) -> str:
     return text[:1].upper() + text[1:]
-
-
-def _article(word: str) -> str:
-    return "an" if word[:1].lower() in "aeiou" else "a"
 
 
 def _join(items: list[str]) -> str:

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import pandas as pd
 from matplotlib.figure import Figure
 
 from povid_kedro.images import ImageFolder
-from povid_kedro.noise import NoiseConfig
+from povid_kedro.noise import GENERATED, NoiseConfig
 from povid_kedro.training import DPOTrainingConfig, TrainReport, train_stage1, train_stage2
-
-logger = logging.getLogger(__name__)
 
 _CURVES = ("loss", "margins", "accuracy")
 
@@ -42,11 +39,6 @@ def _curves(report: TrainReport, title: str) -> Figure:
     return fig
 
 
-def _log_invalid(report: TrainReport, stage: str) -> None:
-    for pair_id, reason in report.invalid_pairs:
-        logger.warning("%s: pair %s not trained on: %s", stage, pair_id, reason)
-
-
 def train_stage1_node(
     base_model: tuple[Any, Any],
     trl_preferences: pd.DataFrame,
@@ -69,7 +61,6 @@ def train_stage1_node(
     merged, report = train_stage1(
         model, processor, trl_preferences, train_images.open, cfg.stage1, progress=True
     )
-    _log_invalid(report, "stage 1")
     return (merged, processor), _history(report), _curves(report, "stage 1: DPO (y+ vs y_h-)")
 
 
@@ -98,7 +89,7 @@ def train_stage2_node(
     cfg = DPOTrainingConfig.from_dict(params)
     noise = NoiseConfig.from_dict({k: v for k, v in noise_params.items() if k != "figure"})
     pairs = trl_preferences
-    if noise.mode == "generated":
+    if noise.mode == GENERATED:
         pairs = pairs.merge(noisy_responses, on="id", how="left", validate="one_to_one")
         missing = pairs["noisy_rejected"].isna().sum()
         if missing:
@@ -110,6 +101,5 @@ def train_stage2_node(
     merged, report = train_stage2(
         model, processor, pairs, train_images.open, cfg.stage2, noise, progress=True
     )
-    _log_invalid(report, "stage 2")
     curves = _curves(report, "stage 2: POVID (y_h- and y_n- branches)")
     return (merged, processor), (merged, processor), _history(report), curves

@@ -8,7 +8,6 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from povid_kedro.evaluation import (
-    POPE_SPLITS,
     answer_mmhal,
     answer_pope,
     describe_images,
@@ -34,6 +33,7 @@ from povid_kedro.metrics.judge import judge_mmhal
 from povid_kedro.metrics.mmhal import score_mmhal
 from povid_kedro.metrics.pope import score_pope
 from povid_kedro.modeling.hf_dir import weights_digest
+from povid_kedro.schema import GATE_METRICS, POPE_SPLITS
 
 logger = logging.getLogger(__name__)
 
@@ -254,7 +254,7 @@ def champion_gate_node(
         raise ValueError(
             "no registered candidate model: run `kedro run --pipeline dpo_training` first"
         )
-    metrics = {k: stage2_summary[k] for k in ("chair_s", "pope_f1_mean")}
+    metrics = {k: stage2_summary[k] for k in GATE_METRICS}
     champion_metrics = metrics_from_tags(champion["tags"]) if champion else None
     if not_same := provenance_failure(candidate["version"], candidate["tags"], stage2_digest):
         promote, reason = False, not_same
@@ -276,7 +276,7 @@ def champion_gate_node(
         promote, reason = False, "it breaks a no-collapse guard: " + "; ".join(failures)
     else:
         gate = params["gate"]
-        base = {k: base_summary[k] for k in ("chair_s", "pope_f1_mean")}
+        base = {k: base_summary[k] for k in GATE_METRICS}
         promote, reason = champion_decision(
             metrics,
             champion_metrics,

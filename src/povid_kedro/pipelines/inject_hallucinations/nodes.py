@@ -8,7 +8,6 @@ from typing import Any
 import pandas as pd
 
 from povid_kedro.hallucination import (
-    TASK_TYPES,
     ClientConfig,
     InjectConfig,
     InjectionCache,
@@ -18,6 +17,7 @@ from povid_kedro.hallucination import (
     to_trl_rows,
 )
 from povid_kedro.images import ImageFolder
+from povid_kedro.schema import TASK_TYPES
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from povid_kedro.images import ImageFolder
 from povid_kedro.modeling import generate
-from povid_kedro.noise import NoiseConfig, add_diffusion_noise, noise_scales, noise_seed
+from povid_kedro.noise import GENERATED, NoiseConfig, add_diffusion_noise, noise_scales, noise_seed
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def noisy_responses_node(
         ``id``, ``noisy_rejected``.
     """
     cfg = _noise_config(params)
-    if cfg.mode != "generated":
+    if cfg.mode != GENERATED:
         logger.info("noise_trigger: mode %s, no free answers decoded", cfg.mode)
         return pd.DataFrame({"id": pd.Series(dtype="string"), "noisy_rejected": []})
     images = [noisy_images.open(_noisy_name(i)) for i in preference_pairs["id"]]

@@ -1,0 +1,202 @@
+"""Can the image evidence tell an absent partner from a present one?
+
+A diagnostic for the co-occurrence hallucination. On the validation split's *partner trials*
+(a companion is in the scene; its partner is there or not), it reads two detectors of the
+partner and reports how well each separates present from absent:
+
+- ``probe``: a logistic regression per category on the base model's projected image features
+  (mean- and max-pooled tokens), fitted on training images: what the base model's vision
+  encodes;
+- ``cnn`` (``--cnn-epochs N``): a small CNN trained from the pixels of the training images to
+  name the objects present: roughly what the world's pixels allow a model of this size.
+
+If a detector separates the trials far better than the model's descriptions do, the
+information is there and fine-tuning can in principle use it; if not, the vision is the
+bottleneck and no preference data can lower the absent-partner rate at the same recall.
+``absent_rate_at_recall_R`` is the detector's absent-partner rate at present-partner recall R,
+to read beside the model's own pair (``present_partner_recall``, ``cooc_partner_rate``).
+
+    .venv/bin/python scripts/probe_vision.py --train-images 8000 --val-images 2000 \\
+        --cnn-epochs 8 --out data/08_reporting/probe_vision.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+from sklearn.linear_model import LogisticRegression  # noqa: E402
+from sklearn.metrics import roc_auc_score  # noqa: E402
+from torch import nn  # noqa: E402
+
+from povid_kedro.experiments import project_parameters  # noqa: E402
+from povid_kedro.modeling import load_model_dir  # noqa: E402
+from povid_kedro.world import WorldConfig, generate_world, validation_config  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@torch.inference_mode()
+def model_features(model: Any, processor: Any, images: list[Image.Image]) -> np.ndarray:
+    """Mean- and max-pooled projected image tokens, one row per image."""
+    rows = []
+    for i in range(0, len(images), 64):
+        pixels = processor.image_processor(images[i : i + 64], return_tensors="pt")
+        out = model.get_image_features(
+            pixel_values=pixels["pixel_values"],
+            vision_feature_layer=model.config.vision_feature_layer,
+            vision_feature_select_strategy=model.config.vision_feature_select_strategy,
+        )
+        feats = getattr(out, "pooler_output", out)  # the projected image tokens
+        feats = torch.stack(list(feats)) if isinstance(feats, list | tuple) else feats
+        rows.append(torch.cat([feats.mean(1), feats.amax(1)], -1).float().numpy())
+    return np.concatenate(rows)
+
+
+def probe_scores(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray) -> np.ndarray:
+    """Per-category probability of presence from a linear probe on standardised features."""
+    mu, sd = x_train.mean(0), x_train.std(0) + 1e-6
+    x_train, x_val = (x_train - mu) / sd, (x_val - mu) / sd
+    cols = []
+    for c in range(y_train.shape[1]):
+        probe = LogisticRegression(C=1.0, max_iter=2000).fit(x_train, y_train[:, c])
+        cols.append(probe.predict_proba(x_val)[:, 1])
+    return np.stack(cols, 1)
+
+
+def cnn_scores(
+    train: list[Image.Image], y_train: np.ndarray, val: list[Image.Image], epochs: int
+) -> np.ndarray:
+    """Per-category probability of presence from a small CNN trained on the pixels."""
+    torch.manual_seed(0)
+
+    def tensor(images: list[Image.Image]) -> torch.Tensor:
+        return (
+            torch.tensor(np.stack([np.asarray(i) for i in images]), dtype=torch.float32)
+            .div(255)
+            .permute(0, 3, 1, 2)
+        )
+
+    x, xv, y = tensor(train), tensor(val), torch.tensor(y_train, dtype=torch.float32)
+    widths = (3, 32, 64, 64)
+    layers: list[nn.Module] = []
+    for a, b in zip(widths, widths[1:], strict=False):
+        layers += [nn.Conv2d(a, b, 3, padding=1), nn.BatchNorm2d(b), nn.ReLU(), nn.MaxPool2d(2)]
+    net = nn.Sequential(
+        *layers,
+        nn.Conv2d(64, 128, 3, padding=1),
+        nn.BatchNorm2d(128),
+        nn.ReLU(),
+        nn.AdaptiveMaxPool2d(1),
+        nn.Flatten(),
+        nn.Linear(128, y.shape[1]),
+    )
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    loss = nn.BCEWithLogitsLoss()
+    for _ in range(epochs):
+        net.train()
+        for b in torch.randperm(len(x)).split(128):
+            opt.zero_grad()
+            loss(net(x[b]), y[b]).backward()
+            opt.step()
+    net.eval()
+    with torch.inference_mode():
+        return torch.sigmoid(torch.cat([net(part) for part in xv.split(256)])).numpy()
+
+
+def trial_report(
+    scores: np.ndarray, y_val: np.ndarray, index: dict[str, int], partners: dict[str, str | None]
+) -> dict[str, Any]:
+    """How well the scores separate present from absent partners on the partner trials."""
+    pos, neg, per_pair = [], [], {}
+    for companion, partner in partners.items():
+        if not partner:
+            continue
+        trial = y_val[:, index[companion]] == 1
+        here = y_val[:, index[partner]] == 1
+        p = scores[:, index[partner]]
+        pos.append(p[trial & here])
+        neg.append(p[trial & ~here])
+        if len(pos[-1]) and len(neg[-1]):
+            labels = np.r_[np.ones(len(pos[-1])), np.zeros(len(neg[-1]))]
+            per_pair[f"{companion}->{partner}"] = round(
+                float(roc_auc_score(labels, np.r_[pos[-1], neg[-1]])), 3
+            )
+    p_pos, p_neg = np.concatenate(pos), np.concatenate(neg)
+    labels = np.r_[np.ones(len(p_pos)), np.zeros(len(p_neg))]
+    out: dict[str, Any] = {
+        "present_trials": len(p_pos),
+        "absent_trials": len(p_neg),
+        "partner_trials_auc": round(float(roc_auc_score(labels, np.r_[p_pos, p_neg])), 3),
+        "all_images_auc": round(float(roc_auc_score(y_val, scores, average="macro")), 3),
+    }
+    for recall in (0.7, 0.8, 0.9):
+        threshold = np.quantile(p_pos, 1 - recall)
+        out[f"absent_rate_at_recall_{recall}"] = round(float((p_neg >= threshold).mean()), 3)
+    out["auc_per_pair"] = per_pair
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=ROOT / "data")
+    parser.add_argument("--train-images", type=int, default=8000)
+    parser.add_argument("--val-images", type=int, default=2000)
+    parser.add_argument("--cnn-epochs", type=int, default=0, help="0: no CNN ceiling")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+
+    params = project_parameters()
+    world_dir = args.data / "01_raw" / "world"
+    partners = json.loads((world_dir / "partners.json").read_text())
+    scenes = json.loads((world_dir / "scenes.json").read_text())["train"][: args.train_images]
+    val = generate_world(
+        validation_config(WorldConfig.from_dict(params["embedded_world"]), args.val_images)
+    )
+    val_scenes = val.scenes["eval"]
+    names = sorted(
+        {o["category"] for s in scenes + val_scenes for o in s["objects"]} | set(partners)
+    )
+    index = {name: i for i, name in enumerate(names)}
+
+    def labels(rows: list[dict[str, Any]]) -> np.ndarray:
+        y = np.zeros((len(rows), len(names)), dtype=np.int64)
+        for i, scene in enumerate(rows):
+            for obj in scene["objects"]:
+                y[i, index[obj["category"]]] = 1
+        return y
+
+    y_train, y_val = labels(scenes), labels(val_scenes)
+    train_images = [
+        Image.open(world_dir / "train2014" / s["file_name"]).convert("RGB") for s in scenes
+    ]
+    val_images = [val.eval_images[s["file_name"]] for s in val_scenes]
+
+    model, processor = load_model_dir(args.data / "06_models" / "base_model")
+    model.eval()
+    report: dict[str, Any] = {"train_images": len(scenes), "val_images": len(val_scenes)}
+    scores = probe_scores(
+        model_features(model, processor, train_images),
+        y_train,
+        model_features(model, processor, val_images),
+    )
+    report["probe"] = trial_report(scores, y_val, index, partners)
+    if args.cnn_epochs:
+        scores = cnn_scores(train_images, y_train, val_images, args.cnn_epochs)
+        report["cnn"] = {"epochs": args.cnn_epochs, **trial_report(scores, y_val, index, partners)}
+    text = json.dumps(report, indent=1)
+    print(text)  # noqa: T201
+    if args.out:
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
