@@ -144,6 +144,10 @@ class TextConfig:
         reasoning_share: Share of training images with a reasoning record.
         multi_turn_share: Share of reasoning records with a second turn.
         absent_question_share: Share of presence questions asked about an absent category.
+        partner_question_share: Share of those asked about the absent partner of a present
+            object, when the scene has one (the rest: any absent category). Questions that
+            contrast a partner's absence with its companion's presence are the one training
+            signal that the partner must be looked for, not inferred.
         short_qa_share: Share of training images with a short-answer record (LLaVA-1.5's
             VQA-style data: yes/no presence questions answered in one word, which is what
             POPE asks).
@@ -170,6 +174,7 @@ class TextConfig:
     reasoning_share: float = 0.5
     multi_turn_share: float = 0.3
     absent_question_share: float = 0.5
+    partner_question_share: float = 0.0
     short_qa_share: float = 0.0
     short_qa_turns: int = 2
     detail_order: str = "random"
@@ -699,6 +704,7 @@ def _read_text(p: _Reader) -> TextConfig:
         reasoning_share=p.prob("reasoning_share", d.reasoning_share),
         multi_turn_share=p.prob("multi_turn_share", d.multi_turn_share),
         absent_question_share=p.prob("absent_question_share", d.absent_question_share),
+        partner_question_share=p.prob("partner_question_share", d.partner_question_share),
         short_qa_share=p.prob("short_qa_share", d.short_qa_share),
         short_qa_turns=p.integer("short_qa_turns", d.short_qa_turns, lo=1),
         detail_order=p.choice("detail_order", d.detail_order, ("random", "reading")),

@@ -448,8 +448,11 @@ class TextWriter:
     ) -> list[tuple[str, str, str]]:
         """Write one-word presence questions (LLaVA-1.5's VQA-style short answers).
 
-        Each turn asks about a different category: an absent one (drawn uniformly, like POPE's
-        random split) with probability ``absent_question_share``, else a present one.
+        Each turn asks about a different category: an absent one with probability
+        ``absent_question_share``, else a present one. An absent one is the absent partner of a
+        present object (like POPE's adversarial split) with probability
+        ``partner_question_share`` when the scene has one, else drawn uniformly (POPE's random
+        split).
 
         Args:
             rng: The image's short-answer generator.
@@ -460,6 +463,9 @@ class TextWriter:
             ``(category, question, answer)`` per turn; answers are ``Yes`` or ``No``.
         """
         present = {g.cat.name for g in self.groups(scene)}
+        absent_partners = {
+            c.partner for c in self.cfg.categories if c.name in present and c.partner
+        } - present
         asked: set[str] = set()
         out: list[tuple[str, str, str]] = []
         for _ in range(turns):
@@ -477,6 +483,11 @@ class TextWriter:
             pool = pools[absent]
             if not pool:
                 break
+            # Drawn only when asked for, so that a share of 0 leaves the world as it was.
+            if absent and self.t.partner_question_share > 0:
+                partners = [c for c in pool if c.name in absent_partners]
+                if partners and rng.random() < self.t.partner_question_share:
+                    pool = partners
             cat = pool[int(rng.integers(len(pool)))]
             asked.add(cat.name)
             noun = self._noun(rng, cat)
