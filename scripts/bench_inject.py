@@ -23,16 +23,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from povid_kedro.experiments import project_parameters  # noqa: E402
 from povid_kedro.hallucination import ClientConfig, InjectionCache, make_injector  # noqa: E402
 from tests.hallucination.synthetic import make_loader, make_samples  # noqa: E402
 from tests.support.chat_server import ChatServer, rewrite_quoted  # noqa: E402
 
-PARAMS_FILE = REPO / "conf" / "base" / "parameters_inject_hallucinations.yml"
 # The benchmark's pass mark: measured time within 25 % of the ideal.
 MAX_RATIO = 1.25
 
@@ -50,7 +48,7 @@ def _serve(latency: float, queue: Any, stop: Any) -> None:
 
 
 def _params() -> dict[str, Any]:
-    return yaml.safe_load(PARAMS_FILE.read_text(encoding="utf-8"))["inject_hallucinations"]
+    return project_parameters()["inject_hallucinations"]
 
 
 def bench_openai(n: int, latency: float, concurrency: int, use_cache: bool) -> dict[str, float]:

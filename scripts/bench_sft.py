@@ -25,14 +25,13 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
-import yaml  # noqa: E402
 
+from povid_kedro.experiments import project_parameters  # noqa: E402
 from povid_kedro.modeling import (  # noqa: E402
     ModelConfig,
     SFTRow,
@@ -52,7 +51,6 @@ from povid_kedro.modeling.train import (  # noqa: E402
 )
 from povid_kedro.world import WorldConfig, generate_world  # noqa: E402
 
-CONF = Path(__file__).resolve().parents[1] / "conf/base"
 FILES = {"description": "detail", "vqa": "vqa"}  # task type -> the world's instruction file
 
 
@@ -77,11 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    world_params = yaml.safe_load((CONF / "parameters_embedded_world.yml").read_text())
-    world_params = world_params["embedded_world"] | {"n_train_images": args.images}
+    params = project_parameters()
+    world_params = params["embedded_world"] | {"n_train_images": args.images}
     world_params["n_eval_images"] = 10
     world = generate_world(WorldConfig.from_dict(world_params))
-    base = yaml.safe_load((CONF / "parameters_base_model.yml").read_text())["base_model"]
+    base = params["base_model"]
     weights = base.get("task_weights") or {}
     # Rows per step as the config has them (task_batch counts sequences: with packing, one
     # sequence holds all of an image's questions).

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import copy
 import math
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-import yaml
 from transformers import LlavaForConditionalGeneration, TrainerCallback
 
+from povid_kedro.experiments import project_parameters
 from povid_kedro.modeling import load_model_dir
 from povid_kedro.noise import NoiseConfig
 from povid_kedro.training import (
@@ -24,7 +23,6 @@ from povid_kedro.training import (
 from tests.training.conftest import FAST, margins
 
 NOISE = NoiseConfig(step=300, seed=3)
-CONF = Path(__file__).resolve().parents[2] / "conf" / "base"
 
 
 def _train_rows(pairs):
@@ -166,8 +164,8 @@ def test_configs_reject_unknown_keys_and_parameter_files_load():
         StageConfig.from_dict({"lora": {"target_modules": r".*(lm_head|q_proj)"}})
     with pytest.raises(ValueError, match="loss_type"):
         StageConfig(loss_type="kto")
-    dpo = yaml.safe_load((CONF / "parameters_dpo_training.yml").read_text())["dpo_training"]
-    noise = yaml.safe_load((CONF / "parameters_noise_trigger.yml").read_text())["noise_trigger"]
+    params = project_parameters()
+    dpo, noise = params["dpo_training"], params["noise_trigger"]
     cfg = DPOTrainingConfig.from_dict(dpo)
     assert cfg.stage2.hallucination_weight == cfg.stage2.noise_weight == 0.5
     noise.pop("figure", None)  # drives the noise_trigger figure node only

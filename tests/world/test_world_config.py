@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
+from povid_kedro.experiments import project_parameters
 from povid_kedro.world import WorldConfig
-
-PARAMS = Path(__file__).resolve().parents[2] / "conf" / "base" / "parameters_embedded_world.yml"
 
 
 @pytest.fixture
 def params() -> dict[str, Any]:
-    return copy.deepcopy(yaml.safe_load(PARAMS.read_text())["embedded_world"])
+    return copy.deepcopy(project_parameters()["embedded_world"])
 
 
 def _raises(params: dict[str, Any], *fragments: str) -> None:
@@ -67,7 +64,7 @@ def test_bad_probability(params: dict[str, Any], value: Any) -> None:
 def test_empty_vocabulary(params: dict[str, Any]) -> None:
     params["categories"] = {}
     _raises(params, "embedded_world.categories")
-    params = copy.deepcopy(yaml.safe_load(PARAMS.read_text())["embedded_world"])
+    params = copy.deepcopy(project_parameters()["embedded_world"])
     params["colours"] = {}
     _raises(params, "embedded_world.colours", "empty")
 
@@ -110,6 +107,6 @@ def test_scene_without_categories(params: dict[str, Any]) -> None:
 def test_misspelt_key_is_reported_as_unknown(params: dict[str, Any]) -> None:
     params["n_train_image"] = params.pop("n_train_images")
     _raises(params, "embedded_world.n_train_image", "unknown key")
-    params = copy.deepcopy(yaml.safe_load(PARAMS.read_text())["embedded_world"])
+    params = copy.deepcopy(project_parameters()["embedded_world"])
     params["categories"]["cup"]["glpyh"] = params["categories"]["cup"].pop("glyph")
     _raises(params, "embedded_world.categories.cup.glpyh", "unknown key")

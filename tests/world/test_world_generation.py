@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from matplotlib.figure import Figure
 
+from povid_kedro.experiments import project_parameters
 from povid_kedro.metrics.chair import synonym_map as parse_synonyms
 from povid_kedro.world import (
     World,
@@ -25,12 +25,11 @@ from povid_kedro.world import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-PARAMS = ROOT / "conf" / "base" / "parameters_embedded_world.yml"
 REFERENCE_SYNONYMS = Path("/work/shared/reference/coco_synonyms.txt")
 
 
 def default_params() -> dict[str, Any]:
-    return yaml.safe_load(PARAMS.read_text())["embedded_world"]
+    return project_parameters()["embedded_world"]
 
 
 def small_params(n_train: int = 200, n_eval: int = 100, **overrides: Any) -> dict[str, Any]:
@@ -448,3 +447,26 @@ def test_validation_split_has_its_own_scenes(cfg: WorldConfig, world: World) -> 
     assert not eval_layouts & val_layouts
     # Same distribution: the evaluation split's partner rate and formats.
     assert val.meta["partners"] == world.meta["partners"] and val.synonyms == world.synonyms
+
+
+def test_partner_questions_ask_about_a_present_objects_absent_partner() -> None:
+    def partner_share(share: float) -> float:
+        params = small_params(n_train=300, n_eval=10)
+        params["text"]["partner_question_share"] = share
+        world = generate_world(WorldConfig.from_dict(params))
+        partner_of = {c.name: c.partner for c in WorldConfig.from_dict(params).categories}
+        asked = about_partner = 0
+        for scene in world.scenes["train"]:
+            present = {o["category"] for o in scene["objects"]}
+            partners = {partner_of[c] for c in present if partner_of[c]} - present
+            first_no = next((c for c, answer in scene.get("short_qa", []) if answer == "No"), None)
+            if first_no and partners:
+                asked += 1
+                about_partner += first_no in partners
+        return about_partner / asked
+
+    # Uniform over the absent categories, an absent partner is asked about now and then; with
+    # share 1 a scene's first absent question is always about one (later ones, once every
+    # absent partner was asked, are drawn from the rest).
+    assert partner_share(0.0) < 0.3
+    assert partner_share(1.0) > 0.9

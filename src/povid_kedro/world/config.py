@@ -159,7 +159,7 @@ class TextConfig:
         irregular_plurals: Plurals the English ``-s``/``-es``/``-ies`` rule gets wrong.
     """
 
-    mention_probability: float = 0.75
+    mention_probability: float = 1.0
     colour_probability: float = 0.8
     size_probability: float = 0.4
     position_probability: float = 0.8
@@ -175,9 +175,9 @@ class TextConfig:
     multi_turn_share: float = 0.3
     absent_question_share: float = 0.5
     partner_question_share: float = 0.0
-    short_qa_share: float = 0.0
-    short_qa_turns: int = 2
-    detail_order: str = "random"
+    short_qa_share: float = 1.0
+    short_qa_turns: int = 4
+    detail_order: str = "reading"
     short_qa_suffix: str = "Answer the question using a single word or phrase."
     question_weights: dict[str, float] = field(
         default_factory=lambda: dict.fromkeys(_QUESTION_KINDS, 1.0)
