@@ -740,11 +740,43 @@ def _run_stage(
     cfg: StageConfig,
     branches: Branches,
     noise: NoiseConfig | None,
+    *,
     callbacks: Sequence[TrainerCallback] | None,
     progress: bool,
 ) -> tuple[Any, TrainReport]:
+    """One stage: pick the pairs, check and encode them, train, report."""
     start = time.perf_counter()
     report = TrainReport(stage=stage, branches=branches, config=_flat_config(cfg, noise))
+    train_df, eval_df = _stage_pairs(pairs, cfg, stage, report)
+    bank = ImageBank(processor, load_image, noise=noise, cache=cfg.pixel_cache)
+    train, evals = _encode_stage(processor, train_df, eval_df, bank, cfg, branches, report)
+    threads_before = torch.get_num_threads()
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
+    run = _StageRun(cfg, report, bank, callbacks, progress, start)
+    try:
+        merged = _train_stage(run, model, processor, train, evals)
+    finally:
+        torch.set_num_threads(threads_before)
+    report.seconds = time.perf_counter() - start
+    last = report.step_metrics[-1] if report.step_metrics else {}
+    logger.info(
+        "%s: %d steps in %.1f s (reference cache %.1f s); last loss %.4f, %s",
+        stage,
+        report.steps,
+        report.seconds,
+        report.reference_seconds,
+        last.get("loss", math.nan),
+        {k: round(v, 4) for k, v in last.items() if k.endswith("/margins")},
+    )
+    return merged, report
+
+
+def _stage_pairs(
+    pairs: pd.DataFrame, cfg: StageConfig, stage: str, report: TrainReport
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The stage's training and evaluation pairs: its task types, and with
+    ``pairs_for_steps_only`` only as many training pairs as its steps see."""
     train_df, eval_df = _split(_of_task_types(pairs, cfg.task_mix, stage))
     seen = cfg.max_steps * cfg.batch_size * cfg.gradient_accumulation_steps
     if cfg.pairs_for_steps_only and cfg.task_mix and seen > 0:
@@ -764,36 +796,67 @@ def _run_stage(
             seen,
         )
         train_df = train_df.sample(n=seen, random_state=cfg.seed).sort_index()
-    bank = ImageBank(processor, load_image, noise=noise, cache=cfg.pixel_cache)
+    return train_df, eval_df
+
+
+def _encode_stage(
+    processor: Any,
+    train_df: pd.DataFrame,
+    eval_df: pd.DataFrame,
+    bank: ImageBank,
+    cfg: StageConfig,
+    branches: Branches,
+    report: TrainReport,
+) -> tuple[EncodedPairs, EncodedPairs | None]:
+    """Checked, encoded training and evaluation pairs; the rest are reported and logged once."""
     generated = branches == GENERATED
     train = _encode_checked(processor, train_df, bank, cfg, generated)
     evals = _encode_checked(processor, eval_df, bank, cfg, generated) if len(eval_df) else None
     report.invalid_pairs = list(train.invalid) + (list(evals.invalid) if evals else [])
-    log_invalid_pairs(report.invalid_pairs, stage)
+    log_invalid_pairs(report.invalid_pairs, report.stage)
     require_pairs(train, len(train_df))
     report.n_train_pairs = len(train)
     report.n_eval_pairs = len(evals) if evals else 0
     logger.info(
         "%s (%s): %d train pairs, %d eval pairs, %d invalid",
-        stage,
+        report.stage,
         branches,
         report.n_train_pairs,
         report.n_eval_pairs,
         len(report.invalid_pairs),
     )
+    return train, evals
 
-    threads_before = torch.get_num_threads()
-    if cfg.num_threads > 0:
-        torch.set_num_threads(cfg.num_threads)
+
+@dataclass
+class _StageRun:
+    """What one stage's training step needs besides the model and its pairs."""
+
+    cfg: StageConfig
+    report: TrainReport
+    bank: ImageBank
+    callbacks: Sequence[TrainerCallback] | None
+    progress: bool
+    start: float
+
+
+def _train_stage(
+    run: _StageRun,
+    model: Any,
+    processor: Any,
+    train: EncodedPairs,
+    evals: EncodedPairs | None,
+) -> Any:
+    """Train on the encoded pairs, score the evaluation pairs, and return the merged model."""
+    cfg, report, bank = run.cfg, run.report, run.bank
+    stage, branches = report.stage, report.branches
     own_dir = cfg.output_dir is None
     output_dir = tempfile.mkdtemp(prefix=f"povid-{stage}-") if own_dir else str(cfg.output_dir)
-    text_config = model.config.get_text_config()
-    use_cache = getattr(text_config, "use_cache", None)
+    use_cache = getattr(model.config.get_text_config(), "use_cache", None)
     tokenizer = processor.tokenizer
     pad_id = (
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     )
-    collator = PairCollator(train, bank, pad_id, branches)
     ref_model = None
     if not cfg.lora.enabled:
         # Full fine-tuning: LM and projector train, the vision tower stays frozen (as in LLaVA);
@@ -808,16 +871,16 @@ def _run_stage(
             warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated")
             trainer = POVIDTrainer(
                 model=model,
-                args=dpo_args(cfg, output_dir, progress),
+                args=dpo_args(cfg, output_dir, run.progress),
                 processor=processor,
                 train_dataset=Dataset.from_dict({"pair": list(range(len(train)))}),
-                collator=collator,
+                collator=PairCollator(train, bank, pad_id, branches),
                 stage_cfg=cfg,
                 peft_config=_lora_config(cfg) if cfg.lora.enabled else None,
                 ref_model=ref_model,
-                callbacks=callbacks,
+                callbacks=run.callbacks,
             )
-        if not progress:
+        if not run.progress:
             trainer.remove_callback(PrinterCallback)  # it prints every log line to stdout
         recorder = _StepRecorder(trainer)
         trainer.add_callback(recorder)
@@ -829,7 +892,7 @@ def _run_stage(
             failed = True
             report.step_metrics = recorder.steps
             report.steps = len(recorder.steps)
-            report.seconds = time.perf_counter() - start
+            report.seconds = time.perf_counter() - run.start
             # No update was applied in the failing step: the weights are those after the last
             # good step. Save them merged, so the directory loads like any model directory.
             merged = _finish(trainer, use_cache)
@@ -847,23 +910,10 @@ def _run_stage(
         if evals is not None and len(evals):
             eval_collator = PairCollator(evals, bank, pad_id, branches)
             report.eval_metrics = trainer.evaluate_pairs(eval_collator, cfg.reference_batch_size)
-        merged = _finish(trainer, use_cache)
+        return _finish(trainer, use_cache)
     finally:
-        torch.set_num_threads(threads_before)
         if own_dir and not failed:
             shutil.rmtree(output_dir, ignore_errors=True)
-    report.seconds = time.perf_counter() - start
-    last = report.step_metrics[-1] if report.step_metrics else {}
-    logger.info(
-        "%s: %d steps in %.1f s (reference cache %.1f s); last loss %.4f, %s",
-        stage,
-        report.steps,
-        report.seconds,
-        report.reference_seconds,
-        last.get("loss", math.nan),
-        {k: round(v, 4) for k, v in last.items() if k.endswith("/margins")},
-    )
-    return merged, report
 
 
 def _flat_config(cfg: StageConfig, noise: NoiseConfig | None) -> dict[str, Any]:
@@ -917,7 +967,16 @@ def train_stage1(
     """
     cfg = cfg if isinstance(cfg, StageConfig) else StageConfig.from_dict(cfg, "stage1")
     return _run_stage(
-        "stage1", model, processor, pairs, load_image, cfg, STAGE1, None, callbacks, progress
+        "stage1",
+        model,
+        processor,
+        pairs,
+        load_image,
+        cfg,
+        STAGE1,
+        None,
+        callbacks=callbacks,
+        progress=progress,
     )
 
 
@@ -961,5 +1020,14 @@ def train_stage2(
     cfg = cfg if isinstance(cfg, Stage2Config) else Stage2Config.from_dict(cfg, "stage2")
     noise = noise if isinstance(noise, NoiseConfig) else NoiseConfig.from_dict(noise)
     return _run_stage(
-        "stage2", model, processor, pairs, load_image, cfg, noise.mode, noise, callbacks, progress
+        "stage2",
+        model,
+        processor,
+        pairs,
+        load_image,
+        cfg,
+        noise.mode,
+        noise,
+        callbacks=callbacks,
+        progress=progress,
     )
