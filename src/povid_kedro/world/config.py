@@ -145,9 +145,9 @@ class TextConfig:
         multi_turn_share: Share of reasoning records with a second turn.
         absent_question_share: Share of presence questions asked about an absent category.
         partner_question_share: Share of those asked about the absent partner of a present
-            object, when the scene has one (the rest: any absent category). Questions that
-            contrast a partner's absence with its companion's presence are the one training
-            signal that the partner must be looked for, not inferred.
+            object, when the scene has one (the rest: any absent category): questions that
+            contrast a partner's absence with its companion's presence, a direct signal that
+            the partner must be looked for, not inferred.
         short_qa_share: Share of training images with a short-answer record (LLaVA-1.5's
             VQA-style data: yes/no presence questions answered in one word, which is what
             POPE asks).
