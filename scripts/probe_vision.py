@@ -38,6 +38,7 @@ from sklearn.metrics import roc_auc_score  # noqa: E402
 from torch import nn  # noqa: E402
 
 from povid_kedro.experiments import project_parameters  # noqa: E402
+from povid_kedro.metrics.cooccurrence import partner_categories  # noqa: E402
 from povid_kedro.modeling import load_model_dir  # noqa: E402
 from povid_kedro.world import WorldConfig, generate_world, validation_config  # noqa: E402
 
@@ -115,21 +116,22 @@ def cnn_scores(
 def trial_report(
     scores: np.ndarray, y_val: np.ndarray, index: dict[str, int], partners: dict[str, str | None]
 ) -> dict[str, Any]:
-    """How well the scores separate present from absent partners on the partner trials."""
-    pos, neg, per_pair = [], [], {}
-    for companion, partner in partners.items():
-        if not partner:
-            continue
-        trial = y_val[:, index[companion]] == 1
-        here = y_val[:, index[partner]] == 1
-        p = scores[:, index[partner]]
-        pos.append(p[trial & here])
-        neg.append(p[trial & ~here])
-        if len(pos[-1]) and len(neg[-1]):
-            labels = np.r_[np.ones(len(pos[-1])), np.zeros(len(neg[-1]))]
-            per_pair[f"{companion}->{partner}"] = round(
-                float(roc_auc_score(labels, np.r_[pos[-1], neg[-1]])), 3
-            )
+    """How well the scores separate present from absent partners on the partner trials (the
+    co-occurrence metric's: categories some present object usually comes with)."""
+    names = sorted(index, key=index.__getitem__)
+    by_category: dict[str, tuple[list[float], list[float]]] = {}
+    for row, labels in enumerate(y_val):
+        present = {names[j] for j in np.flatnonzero(labels)}
+        for category in partner_categories(present, partners):
+            j = index[category]
+            by_category.setdefault(category, ([], []))[0 if labels[j] else 1].append(scores[row, j])
+    per_category = {
+        category: round(float(roc_auc_score([1] * len(here) + [0] * len(gone), [*here, *gone])), 3)
+        for category, (here, gone) in sorted(by_category.items())
+        if here and gone
+    }
+    pos = [np.asarray(here) for here, _ in by_category.values()]
+    neg = [np.asarray(gone) for _, gone in by_category.values()]
     p_pos, p_neg = np.concatenate(pos), np.concatenate(neg)
     labels = np.r_[np.ones(len(p_pos)), np.zeros(len(p_neg))]
     out: dict[str, Any] = {
@@ -141,7 +143,7 @@ def trial_report(
     for recall in (0.7, 0.8, 0.9):
         threshold = np.quantile(p_pos, 1 - recall)
         out[f"absent_rate_at_recall_{recall}"] = round(float((p_neg >= threshold).mean()), 3)
-    out["auc_per_pair"] = per_pair
+    out["auc_per_partner"] = per_category
     return out
 
 

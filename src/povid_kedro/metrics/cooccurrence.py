@@ -14,6 +14,12 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 
+def partner_categories(present: Iterable[str], partners: Mapping[str, str | None]) -> set[str]:
+    """The categories some present object usually comes with: an image's partner trials
+    (those absent) and present partners (those present)."""
+    return {p for obj in present if (p := partners.get(obj)) is not None}
+
+
 def cooccurrence_hallucination(
     captions: Iterable[Mapping[str, Any]],
     partners: Mapping[str, str | None],
@@ -40,7 +46,7 @@ def cooccurrence_hallucination(
     for caption in captions:
         present = set(caption["gt_objects"])
         named = set(caption["objects"])
-        companions = {partners.get(obj) for obj in present} - {None}
+        companions = partner_categories(present, partners)
         trials = hits = 0
         for category in universe:
             if category in present:

@@ -19,11 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from povid_kedro.modeling.config import TrainConfig
-from povid_kedro.modeling.data import (
-    SFTCollator,
-    SFTRow,
-    encode_rows,
-)
+from povid_kedro.modeling.data import SFTCollator, SFTRow, encode_rows
 from povid_kedro.schema import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)

@@ -178,7 +178,7 @@ def encode_pairs(
         ValueError: If columns are missing.
     """
     answer_columns = ["chosen", "rejected"] + ([NOISY_REJECTED] if with_noisy_rejected else [])
-    _require_columns(pairs, [*REQUIRED_COLUMNS[:3], *answer_columns])
+    _require_columns(pairs, [*REQUIRED_COLUMNS, *answer_columns[2:]])
     encoder = _PairEncoder(processor, max_length, answer_columns)
     out = EncodedPairs(noisy_rejected_ids=[] if with_noisy_rejected else None)
     seen: set[str] = set()
