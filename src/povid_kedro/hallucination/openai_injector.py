@@ -91,6 +91,7 @@ class _RequestFailed(Exception):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+        self.last_output: str | None = None  # the last reply before it, if any
 
 
 @dataclass
@@ -113,6 +114,27 @@ class _Counters:
     failed: int = 0
     # The first 401/403 of the run; once set no further request is sent.
     refused: _AuthRefused | None = None
+
+
+@dataclass
+class _Run:
+    """What every sample of one run shares: the client, the rate limits and the thread pools."""
+
+    client: openai.AsyncOpenAI
+    limiter: RateLimiter
+    semaphore: asyncio.Semaphore
+    image_pool: concurrent.futures.Executor
+    write_pool: concurrent.futures.Executor
+    counters: _Counters
+
+
+@dataclass
+class _Attempt:
+    """Why one request attempt failed, and the server's Retry-After if it sent one."""
+
+    reason: str
+    detail: str
+    wait: float | None = None
 
 
 def run_coroutine(factory: Callable[[], Awaitable[T]]) -> T:
@@ -285,6 +307,7 @@ class OpenAIInjector(Injector):
         write_pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="inject-cache"
         )
+        run = _Run(client, limiter, semaphore, image_pool, write_pool, counters)
         rows: list[dict[str, Any]] = []
         failures: list[dict[str, Any]] = []
         bar = tqdm(
@@ -306,16 +329,7 @@ class OpenAIInjector(Injector):
                 if counters.refused is not None:
                     return
                 try:
-                    outcome = await self._one(
-                        sample,
-                        load_image,
-                        client,
-                        limiter,
-                        semaphore,
-                        image_pool,
-                        write_pool,
-                        counters,
-                    )
+                    outcome = await self._one(sample, load_image, run)
                 except _AuthRefused as err:
                     counters.refused = counters.refused or err
                     return
@@ -342,16 +356,9 @@ class OpenAIInjector(Injector):
         return rows, failures
 
     async def _one(
-        self,
-        sample: dict[str, Any],
-        load_image: LoadImage,
-        client: openai.AsyncOpenAI,
-        limiter: RateLimiter,
-        semaphore: asyncio.Semaphore,
-        image_pool: concurrent.futures.Executor,
-        write_pool: concurrent.futures.Executor,
-        counters: _Counters,
+        self, sample: dict[str, Any], load_image: LoadImage, run: _Run
     ) -> dict[str, Any]:
+        """One sample: a cached answer, or requests until a reply passes validation."""
         loop = asyncio.get_running_loop()
         sid, task = str(sample["id"]), sample["task_type"]
         answer = str(sample["answer"])
@@ -362,50 +369,70 @@ class OpenAIInjector(Injector):
         htype = assign_type(self.config, sid, task)
         try:
             key, entry, url = await loop.run_in_executor(
-                image_pool, self._prepare, load_image, str(sample["image"]), sid, htype, answer
+                run.image_pool, self._prepare, load_image, str(sample["image"]), sid, htype, answer
             )
         except Exception as err:  # any loader error is this sample's failure, not the run's
             return self._failure(sid, IMAGE_ERROR, f"{type(err).__name__}: {err}")
-        if entry is not None:
-            counters.cached += 1
-            if entry.get("status") == "ok":
-                return self._pair(sid, htype, entry["text"])
-            return self._failure(
-                sid,
-                entry.get("reason", "cached_failure"),
-                entry.get("detail", ""),
-                entry.get("raw"),
-            )
-        assert url is not None
-        question = " ".join(str(sample["prompt"]).replace(IMAGE_TOKEN, " ").split())
-        base_text = render_prompt(self.prompts[htype], question=question, answer=answer)
-        text = base_text
-        prompt_tokens = completion_tokens = 0
-        raw = ""
-        verdict = None
-        for attempt in range(self.api.validation_retries + 1):
-            if attempt:
-                counters.validation_retries += 1
-                note = self.retry_note.replace("{reason}", verdict.detail if verdict else "")
-                text = f"{base_text}\n\n{note}"
+        fallback = "cached_failure"  # a cached failure written without a reason
+        if entry is None:
+            fallback = "invalid"
+            assert url is not None
+            question = " ".join(str(sample["prompt"]).replace(IMAGE_TOKEN, " ").split())
+            prompt = render_prompt(self.prompts[htype], question=question, answer=answer)
             try:
-                reply = await self._request(client, limiter, semaphore, text, url, counters)
+                entry = await self._ask_until_valid(run, prompt, url, answer)
             except _RequestFailed as err:
                 # Transport failures are not cached: a later run should try again.
-                return self._failure(sid, err.reason, err.detail, raw or None)
+                return self._failure(sid, err.reason, err.detail, err.last_output)
+            entry = {
+                "sample_id": sid,
+                "model": self.model,
+                "prompt_version": self.config.prompt_version,
+                "hallucination_type": htype,
+                **entry,
+            }
+            if self.cache is not None:
+                await loop.run_in_executor(run.write_pool, self.cache.put, key, entry)
+        else:
+            run.counters.cached += 1
+        if entry.get("status") == "ok":
+            return self._pair(sid, htype, entry["text"])
+        return self._failure(
+            sid, entry.get("reason") or fallback, entry.get("detail", ""), entry.get("raw")
+        )
+
+    async def _ask_until_valid(
+        self, run: _Run, prompt: str, url: str, answer: str
+    ) -> dict[str, Any]:
+        """Request, validate, and ask again with the validator's reason while a reply is unusable.
+
+        Returns:
+            The cache entry's outcome fields (status, raw and validated text, reason, usage).
+
+        Raises:
+            _RequestFailed: A request failed after its retries (with the last reply received).
+        """
+        text, raw, verdict = prompt, "", None
+        prompt_tokens = completion_tokens = 0
+        for attempt in range(self.api.validation_retries + 1):
+            if attempt:
+                run.counters.validation_retries += 1
+                note = self.retry_note.replace("{reason}", verdict.detail if verdict else "")
+                text = f"{prompt}\n\n{note}"
+            try:
+                reply = await self._request(run, text, url)
+            except _RequestFailed as err:
+                err.last_output = raw or None
+                raise
             prompt_tokens += reply.prompt_tokens
             completion_tokens += reply.completion_tokens
             raw = reply.text
             verdict = self.validator.check(raw, answer)
             if verdict.ok:
                 break
-            logger.debug("sample %s: unusable reply (%s), attempt %d", sid, verdict.reason, attempt)
+            logger.debug("unusable reply (%s), attempt %d", verdict.reason, attempt)
         assert verdict is not None
-        entry = {
-            "sample_id": sid,
-            "model": self.model,
-            "prompt_version": self.config.prompt_version,
-            "hallucination_type": htype,
+        return {
             "status": "ok" if verdict.ok else "failed",
             "raw": self._redact(raw),
             "text": self._redact(verdict.text) if verdict.ok else None,
@@ -413,11 +440,6 @@ class OpenAIInjector(Injector):
             "detail": verdict.detail,
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens},
         }
-        if self.cache is not None:
-            await loop.run_in_executor(write_pool, self.cache.put, key, entry)
-        if verdict.ok:
-            return self._pair(sid, htype, verdict.text)
-        return self._failure(sid, verdict.reason or "invalid", verdict.detail, raw)
 
     def _prepare(
         self, load_image: LoadImage, path: str, sid: str, htype: str, answer: str
@@ -467,15 +489,7 @@ class OpenAIInjector(Injector):
         }
 
     # ------------------------------------------------------------------ one request
-    async def _request(
-        self,
-        client: openai.AsyncOpenAI,
-        limiter: RateLimiter,
-        semaphore: asyncio.Semaphore,
-        text: str,
-        image_url: str,
-        counters: _Counters,
-    ) -> _Reply:
+    async def _request(self, run: _Run, text: str, image_url: str) -> _Reply:
         """One chat completion with retries; raises :class:`_RequestFailed` when all fail."""
         api = self.api
         messages = [
@@ -489,73 +503,92 @@ class OpenAIInjector(Injector):
         ]
         # Rough reservation for the tpm bucket (~4 characters per token), settled on reply.
         estimate = len(text) / 4 + api.image_token_estimate + api.max_tokens
-        reason, detail = CONNECTION_ERROR, "no attempt made"
+        failed = _Attempt(CONNECTION_ERROR, "no attempt made")
         for attempt in range(api.retries + 1):
             if attempt:
-                counters.retries += 1
-            wait: float | None = None
-            async with semaphore:
-                # Rate limit inside the slot: a request starts as soon as it is granted, so
-                # start times follow the bucket instead of bunching when slots free up.
-                await limiter.acquire(estimate)
-                if counters.refused is not None:
-                    # Another request's key was refused: this one would be refused too.
-                    raise counters.refused
-                counters.requests += 1
-                try:
-                    completion = await client.chat.completions.create(
-                        model=self.model,
-                        messages=messages,  # type: ignore[arg-type]
-                        temperature=api.temperature,
-                        max_tokens=api.max_tokens,
-                    )
-                except openai.RateLimitError as err:
-                    counters.rate_limited += 1
-                    reason, detail = RATE_LIMITED, self._describe_error(err)
-                    wait = parse_retry_after(err.response.headers)
-                    if wait is not None:
-                        if wait > api.max_retry_after:
-                            raise _RequestFailed(
-                                RATE_LIMITED,
-                                f"Retry-After {wait:.0f} s exceeds max_retry_after "
-                                f"{api.max_retry_after:.0f} s",
-                            ) from None
-                        # The limit is the account's: hold every request, not only this one.
-                        limiter.pause_until(time.monotonic() + wait)
-                except openai.APITimeoutError as err:
-                    reason, detail = TIMEOUT, f"no reply within {api.timeout:g} s ({err})"
-                except openai.APIConnectionError as err:
-                    reason, detail = CONNECTION_ERROR, self._describe_error(err)
-                except openai.APIStatusError as err:
-                    detail = self._describe_error(err)
-                    if err.status_code in (401, 403):
-                        raise _AuthRefused(err.status_code, detail) from None
-                    if err.status_code < 500 and err.status_code not in (408, 409):
-                        # Bad request / auth / not found: retrying cannot help.
-                        raise _RequestFailed(f"{CLIENT_ERROR}_{err.status_code}", detail) from None
-                    reason = SERVER_ERROR
-                except (openai.APIResponseValidationError, ValueError) as err:
-                    # Includes a body that is not JSON (json.JSONDecodeError is a ValueError).
-                    reason, detail = MALFORMED_RESPONSE, self._describe_error(err)
-                except Exception as err:  # anything else from the transport: retry, then fail
-                    reason, detail = API_ERROR, self._describe_error(err)
-                else:
-                    reply = self._parse(completion)
-                    if reply is not None:
-                        used = reply.prompt_tokens + reply.completion_tokens
-                        limiter.settle(estimate, used or estimate)
-                        counters.prompt_tokens += reply.prompt_tokens
-                        counters.completion_tokens += reply.completion_tokens
-                        return reply
-                    reason, detail = MALFORMED_RESPONSE, "the reply has no message content"
-            logger.debug("request attempt %d failed: %s", attempt + 1, reason)
+                run.counters.retries += 1
+            outcome = await self._attempt(run, messages, estimate)
+            if isinstance(outcome, _Reply):
+                return outcome
+            failed = outcome
+            logger.debug("request attempt %d failed: %s", attempt + 1, failed.reason)
             if attempt < api.retries:
                 delay = backoff_delay(attempt, api.backoff_base, api.backoff_max, self._rng)
-                if wait is not None:
+                if failed.wait is not None:
                     # Honour Retry-After exactly (plus a little jitter, never less).
+                    wait = failed.wait
                     delay = wait + self._rng.uniform(0, min(1.0, 0.1 * wait + 0.05))
                 await asyncio.sleep(delay)
-        raise _RequestFailed(reason, f"after {api.retries + 1} attempt(s): {detail}")
+        raise _RequestFailed(failed.reason, f"after {api.retries + 1} attempt(s): {failed.detail}")
+
+    async def _attempt(
+        self, run: _Run, messages: list[dict[str, Any]], estimate: float
+    ) -> _Reply | _Attempt:
+        """One request in a concurrency slot, under the rate limits: the reply, or why not."""
+        async with run.semaphore:
+            # Rate limit inside the slot: a request starts as soon as it is granted, so
+            # start times follow the bucket instead of bunching when slots free up.
+            await run.limiter.acquire(estimate)
+            if run.counters.refused is not None:
+                # Another request's key was refused: this one would be refused too.
+                raise run.counters.refused
+            run.counters.requests += 1
+            try:
+                completion = await run.client.chat.completions.create(
+                    model=self.model,
+                    messages=messages,  # type: ignore[arg-type]
+                    temperature=self.api.temperature,
+                    max_tokens=self.api.max_tokens,
+                )
+            except Exception as err:
+                return self._classify(err, run)
+            reply = self._parse(completion)
+            if reply is None:
+                return _Attempt(MALFORMED_RESPONSE, "the reply has no message content")
+            used = reply.prompt_tokens + reply.completion_tokens
+            run.limiter.settle(estimate, used or estimate)
+            run.counters.prompt_tokens += reply.prompt_tokens
+            run.counters.completion_tokens += reply.completion_tokens
+            return reply
+
+    def _classify(self, err: Exception, run: _Run) -> _Attempt:
+        """A failed attempt worth retrying, or raise when retrying cannot help.
+
+        Raises:
+            _AuthRefused: The key was refused (401/403): the run stops.
+            _RequestFailed: A client error, or a Retry-After beyond ``max_retry_after``.
+        """
+        api = self.api
+        if isinstance(err, openai.RateLimitError):
+            run.counters.rate_limited += 1
+            wait = parse_retry_after(err.response.headers)
+            if wait is not None:
+                if wait > api.max_retry_after:
+                    raise _RequestFailed(
+                        RATE_LIMITED,
+                        f"Retry-After {wait:.0f} s exceeds max_retry_after "
+                        f"{api.max_retry_after:.0f} s",
+                    ) from None
+                # The limit is the account's: hold every request, not only this one.
+                run.limiter.pause_until(time.monotonic() + wait)
+            return _Attempt(RATE_LIMITED, self._describe_error(err), wait)
+        if isinstance(err, openai.APITimeoutError):  # before its base, APIConnectionError
+            return _Attempt(TIMEOUT, f"no reply within {api.timeout:g} s ({err})")
+        if isinstance(err, openai.APIConnectionError):
+            return _Attempt(CONNECTION_ERROR, self._describe_error(err))
+        if isinstance(err, openai.APIStatusError):
+            detail = self._describe_error(err)
+            if err.status_code in (401, 403):
+                raise _AuthRefused(err.status_code, detail) from None
+            if err.status_code < 500 and err.status_code not in (408, 409):
+                # Bad request / not found: retrying cannot help.
+                raise _RequestFailed(f"{CLIENT_ERROR}_{err.status_code}", detail) from None
+            return _Attempt(SERVER_ERROR, detail)
+        if isinstance(err, openai.APIResponseValidationError | ValueError):
+            # Includes a body that is not JSON (json.JSONDecodeError is a ValueError).
+            return _Attempt(MALFORMED_RESPONSE, self._describe_error(err))
+        # Anything else from the transport: retry, then fail.
+        return _Attempt(API_ERROR, self._describe_error(err))
 
     @staticmethod
     def _parse(completion: Any) -> _Reply | None:
