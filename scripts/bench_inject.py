@@ -1,6 +1,6 @@
 """Benchmark the hallucination injectors (not a test).
 
-1. openai injector against the loopback chat server (``tests/support/chat_server.py``) run in
+1. openai injector against the loopback chat server (``povid_kedro/testing/chat_server.py``) run in
    its own process, as a remote endpoint would be: N samples, fixed latency per request,
    bounded concurrency, a fresh on-disk cache. Ideal time = N x latency / concurrency.
 2. rules injector on synthetic samples.
@@ -23,13 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
 from povid_kedro.experiments import project_parameters  # noqa: E402
 from povid_kedro.hallucination import ClientConfig, InjectionCache, make_injector  # noqa: E402
-from tests.hallucination.synthetic import make_loader, make_samples  # noqa: E402
-from tests.support.chat_server import ChatServer, rewrite_quoted  # noqa: E402
+from povid_kedro.testing.chat_server import ChatServer, rewrite_quoted  # noqa: E402
+from povid_kedro.testing.synthetic import make_loader, make_samples  # noqa: E402
 
 # The benchmark's pass mark: measured time within 25 % of the ideal.
 MAX_RATIO = 1.25

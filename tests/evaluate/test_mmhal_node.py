@@ -12,7 +12,7 @@ from povid_kedro.hallucination import ClientConfig
 from povid_kedro.modeling import ModelConfig, TokenizerConfig, build_model_and_processor
 from povid_kedro.modeling import train_tokenizer as make_tokenizer
 from povid_kedro.pipelines.evaluate.nodes import mmhal_node
-from tests.support.chat_server import Action, ChatServer
+from povid_kedro.testing.chat_server import Action, ChatServer
 
 PARAMS = {
     "mmhal": {

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from povid_kedro.experiments import deep_merge, project_parameters
-from tests.hallucination.synthetic import hallucinate, make_loader, make_samples
-from tests.support.chat_server import ChatServer, rewrite_quoted
+from povid_kedro.testing.chat_server import ChatServer, rewrite_quoted
+from povid_kedro.testing.synthetic import hallucinate, make_loader, make_samples
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "sk-test-SECRET-0123456789abcdef"

@@ -7,7 +7,7 @@ import time
 
 import openai
 
-from tests.support.chat_server import Action, ChatServer
+from povid_kedro.testing.chat_server import Action, ChatServer
 
 
 def test_serves_48_concurrent_requests_in_parallel():

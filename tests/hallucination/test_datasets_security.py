@@ -18,9 +18,9 @@ from povid_kedro.hallucination import (
     to_povid_json,
     to_trl_rows,
 )
+from povid_kedro.testing.chat_server import Action, RecordedRequest
+from povid_kedro.testing.synthetic import hallucinate
 from tests.hallucination.conftest import SECRET
-from tests.hallucination.synthetic import hallucinate
-from tests.support.chat_server import Action, RecordedRequest
 
 CLIENT_TYPE = "povid_kedro.datasets.openai_client.OpenAIClientDataset"
 CACHE_TYPE = "povid_kedro.datasets.injection_cache.InjectionCacheDataset"

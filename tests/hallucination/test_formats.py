@@ -7,7 +7,7 @@ import json
 import pandas as pd
 
 from povid_kedro.hallucination import diff_report, make_injector, to_povid_json, to_trl_rows
-from tests.hallucination.synthetic import make_samples
+from povid_kedro.testing.synthetic import make_samples
 
 
 def _pairs(base_params) -> pd.DataFrame:

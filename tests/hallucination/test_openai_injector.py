@@ -15,9 +15,9 @@ from PIL import Image
 from povid_kedro.hallucination import ClientConfig, InjectionCache, make_injector
 from povid_kedro.hallucination.openai_injector import InjectorAuthError
 from povid_kedro.hallucination.validate import normalize
+from povid_kedro.testing.chat_server import Action, ChatServer, RecordedRequest, rewrite_quoted
+from povid_kedro.testing.synthetic import hallucinate
 from tests.hallucination.conftest import SECRET, deep_merge
-from tests.hallucination.synthetic import hallucinate
-from tests.support.chat_server import Action, ChatServer, RecordedRequest, rewrite_quoted
 
 
 def _client(server: ChatServer, key: str = SECRET) -> ClientConfig:
@@ -75,7 +75,7 @@ def test_success_sends_image_prompt_and_key(openai_params, server, samples, load
 
 
 def test_latency_runs_concurrently_within_the_limit(openai_params, server, load_image):
-    from tests.hallucination.synthetic import make_samples
+    from povid_kedro.testing.synthetic import make_samples
 
     samples = make_samples(16, seed=5)
     server.set_responder(rewrite_quoted(hallucinate, latency=0.2))
@@ -284,7 +284,7 @@ def test_cache_key_changes_with_model_and_prompt_version(
 RESUME_SCRIPT = """
 import sys
 from povid_kedro.hallucination import ClientConfig, InjectionCache, make_injector
-from tests.hallucination.synthetic import make_loader, make_samples
+from povid_kedro.testing.synthetic import make_loader, make_samples
 import yaml
 
 params = yaml.safe_load(open(sys.argv[3]))
@@ -304,8 +304,8 @@ def test_killed_run_resumes_without_repeating_cached_samples(
 
     import yaml
 
+    from povid_kedro.testing.synthetic import make_samples
     from tests.hallucination.conftest import REPO
-    from tests.hallucination.synthetic import make_samples
 
     samples = make_samples(40, seed=9)
     by_answer = dict(zip(samples["answer"], samples["id"], strict=True))
@@ -356,7 +356,7 @@ def test_killed_run_resumes_without_repeating_cached_samples(
 
 
 def test_rpm_limit_is_respected(openai_params, server, load_image):
-    from tests.hallucination.synthetic import make_samples
+    from povid_kedro.testing.synthetic import make_samples
 
     samples = make_samples(20, seed=11)
     # 600 rpm = 10/s with a 0.5 s burst (5 requests).

@@ -15,7 +15,7 @@ from povid_kedro.hallucination import RuleInjector, make_injector, parse_synonym
 from povid_kedro.hallucination.base import assign_type
 from povid_kedro.hallucination.config import InjectConfig
 from povid_kedro.inflect import pluralize
-from tests.hallucination.synthetic import make_samples
+from povid_kedro.testing.synthetic import make_samples
 
 COCO_SYNONYMS = Path(povid_kedro.__file__).parent / "resources" / "coco_synonyms.txt"
 

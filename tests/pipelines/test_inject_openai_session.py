@@ -9,8 +9,8 @@ import logging
 import pandas as pd
 import pytest
 
-from tests.hallucination.synthetic import hallucinate
-from tests.support.chat_server import ChatServer, rewrite_quoted
+from povid_kedro.testing.chat_server import ChatServer, rewrite_quoted
+from povid_kedro.testing.synthetic import hallucinate
 from tests.support.kedro_project import run_pipeline
 
 pytestmark = pytest.mark.slow
