@@ -380,7 +380,7 @@ class OpenAIInjector(Injector):
             question = " ".join(str(sample["prompt"]).replace(IMAGE_TOKEN, " ").split())
             prompt = render_prompt(self.prompts[htype], question=question, answer=answer)
             try:
-                entry = await self._ask_until_valid(run, prompt, url, answer)
+                entry = await self._ask_until_valid(run, sid, prompt, url, answer)
             except _RequestFailed as err:
                 # Transport failures are not cached: a later run should try again.
                 return self._failure(sid, err.reason, err.detail, err.last_output)
@@ -402,7 +402,7 @@ class OpenAIInjector(Injector):
         )
 
     async def _ask_until_valid(
-        self, run: _Run, prompt: str, url: str, answer: str
+        self, run: _Run, sid: str, prompt: str, url: str, answer: str
     ) -> dict[str, Any]:
         """Request, validate, and ask again with the validator's reason while a reply is unusable.
 
@@ -430,7 +430,7 @@ class OpenAIInjector(Injector):
             verdict = self.validator.check(raw, answer)
             if verdict.ok:
                 break
-            logger.debug("unusable reply (%s), attempt %d", verdict.reason, attempt)
+            logger.debug("sample %s: unusable reply (%s), attempt %d", sid, verdict.reason, attempt)
         assert verdict is not None
         return {
             "status": "ok" if verdict.ok else "failed",
