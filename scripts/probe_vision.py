@@ -52,14 +52,23 @@ from povid_kedro.world import WorldConfig, generate_world, validation_config  # 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def pixel_values(processor: Any, images: list[Image.Image]) -> torch.Tensor:
+    """The images as the base model's image processor feeds them to its vision tower."""
+    return torch.cat(
+        [
+            processor.image_processor(images[i : i + 256], return_tensors="pt")["pixel_values"]
+            for i in range(0, len(images), 256)
+        ]
+    )
+
+
 @torch.inference_mode()
-def model_features(model: Any, processor: Any, images: list[Image.Image]) -> np.ndarray:
+def model_features(model: Any, pixels: torch.Tensor) -> np.ndarray:
     """Mean- and max-pooled projected image tokens, one row per image."""
     rows = []
-    for i in range(0, len(images), 64):
-        pixels = processor.image_processor(images[i : i + 64], return_tensors="pt")
+    for batch in pixels.split(64):
         out = model.get_image_features(
-            pixel_values=pixels["pixel_values"],
+            pixel_values=batch,
             vision_feature_layer=model.config.vision_feature_layer,
             vision_feature_select_strategy=model.config.vision_feature_select_strategy,
         )
@@ -80,28 +89,14 @@ def probe_scores(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray) ->
     return np.stack(cols, 1)
 
 
-def _pixels(processor: Any, images: list[Image.Image]) -> torch.Tensor:
-    return torch.cat(
-        [
-            processor.image_processor(images[i : i + 256], return_tensors="pt")["pixel_values"]
-            for i in range(0, len(images), 256)
-        ]
-    )
-
-
 def vit_scores(
-    model: Any,
-    processor: Any,
-    data: tuple[list[Image.Image], np.ndarray, list[Image.Image]],
-    epochs: int,
+    model: Any, x: torch.Tensor, y_train: np.ndarray, xv: torch.Tensor, epochs: int
 ) -> np.ndarray:
     """Per-category probability of presence from the base model's vision-tower architecture,
     freshly initialised and trained on presence labels (AdamW, one-cycle lr 1e-3, batch 64)."""
-    train, y_train, val = data
     torch.manual_seed(0)
     tower = CLIPVisionModel(model.config.vision_config)
     head = nn.Linear(model.config.vision_config.hidden_size, y_train.shape[1])
-    x, xv = _pixels(processor, train), _pixels(processor, val)
     y = torch.tensor(y_train, dtype=torch.float32)
 
     def logits(pixels: torch.Tensor) -> torch.Tensor:
@@ -239,14 +234,12 @@ def main() -> None:
     model, processor = load_model_dir(args.data / "06_models" / "base_model")
     model.eval()
     report: dict[str, Any] = {"train_images": len(scenes), "val_images": len(val_scenes)}
-    scores = probe_scores(
-        model_features(model, processor, train_images),
-        y_train,
-        model_features(model, processor, val_images),
-    )
+    # Preprocessed once: the probe and the ViT read the same pixel values.
+    x_train, x_val = pixel_values(processor, train_images), pixel_values(processor, val_images)
+    scores = probe_scores(model_features(model, x_train), y_train, model_features(model, x_val))
     report["probe"] = trial_report(scores, y_val, index, partners)
     if args.vit_epochs:
-        scores = vit_scores(model, processor, (train_images, y_train, val_images), args.vit_epochs)
+        scores = vit_scores(model, x_train, y_train, x_val, args.vit_epochs)
         report["vit"] = {"epochs": args.vit_epochs, **trial_report(scores, y_val, index, partners)}
     if args.cnn_epochs:
         scores = cnn_scores(train_images, y_train, val_images, args.cnn_epochs)
