@@ -214,6 +214,13 @@ class RunGuardHooks:
         self._release()  # a run of this process that failed before it started holds none
         root = self._root or Path(run_params.get("project_path") or ".")
         self._lock, self._previous = acquire_run_lock(root / LOCK_FILE, run_params)
+        # Before kedro-mlflow opens the run: a signal that arrives once the run exists must
+        # find these handlers (Python's own SIGINT handler would end it FAILED).
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._handlers[signum] = signal.signal(signum, self._interrupted)
+            except ValueError:  # not the main thread (e.g. a notebook's worker): no handlers
+                break
 
     @hook_impl
     def after_pipeline_run(self) -> None:
@@ -224,8 +231,7 @@ class RunGuardHooks:
         self._release()
 
     def started(self) -> None:
-        """Called once the MLflow run is open: record it, close a killed predecessor's, and
-        turn SIGINT/SIGTERM into a KILLED run."""
+        """Called once the MLflow run is open: record it, and close a killed predecessor's."""
         import mlflow
 
         active = mlflow.active_run()
@@ -236,11 +242,6 @@ class RunGuardHooks:
             }
             _write_lock(self._lock, record)
         mark_killed_run(self._previous.get("mlflow_run_id"), active.info.run_id if active else None)
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._handlers[signum] = signal.signal(signum, self._interrupted)
-            except ValueError:  # not the main thread (e.g. a notebook's worker): no handlers
-                break
 
     def _interrupted(self, signum: int, frame: Any) -> None:
         import mlflow
