@@ -42,5 +42,5 @@ def generate_world_node(params: dict[str, Any]) -> dict[str, Any]:
         "world_meta": world.meta,
         "cooccurrence_partners": world.meta["partners"],
         "description_grammar": {"sentence_forms": world.description_grammar},
-        "world_samples_figure": make_sample_figure(world, n=int(params.get("figure_samples", 8))),
+        "world_samples_figure": make_sample_figure(world),
     }
