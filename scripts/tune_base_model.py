@@ -4,14 +4,14 @@ An experiment driver for choosing the world's parameters and the base model's co
 the world from ``conf/base/parameters_embedded_world.yml`` plus overrides given here (the YAML is
 not edited), trains the tokenizer and model on the world's detailed descriptions (after a
 text-only warm-up on them, ``TrainConfig.text_warmup_steps``; optionally with its reasoning QA
-too), describes every evaluation image greedily and reports
+too), describes the validation split's images (``--val-images``, a seed apart from the
+evaluation split) greedily and reports
 
 - CHAIR_s, CHAIR_i, Recall and objects named per image (``povid_kedro.metrics.chair.Chair``);
-- the co-occurrence ratio: how often the model names an absent object whose partner is present
-  in the image, over how often it names an absent object with no partner present. A base model
-  that hallucinates "for the right reason" (its language prior) has a ratio well above 1. The
-  stricter ``same_scene_ratio`` compares with absent objects of the image's own scene type only,
-  separating the object-object prior from the scene prior;
+- the co-occurrence rates of the evaluate pipeline (``povid_kedro.metrics.cooccurrence``): how
+  often the model names an absent partner of a present object, against an absent object with no
+  companion present. A base model that hallucinates "for the right reason" (its language prior)
+  has a ratio well above 1;
 - recall broken down by object size, occlusion, contrast and category.
 
 Recommended run (the tuned setting: descriptions + one-word VQA, each image's 4 questions
@@ -38,7 +38,7 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ import torch  # noqa: E402
 
 from povid_kedro.experiments import deep_merge, project_parameters  # noqa: E402
 from povid_kedro.metrics.chair import Chair  # noqa: E402
+from povid_kedro.metrics.cooccurrence import cooccurrence_hallucination  # noqa: E402
 from povid_kedro.metrics.pope import score_pope  # noqa: E402
 from povid_kedro.modeling import (  # noqa: E402
     ModelConfig,
@@ -61,7 +62,7 @@ from povid_kedro.modeling import (  # noqa: E402
     train_sft,
     train_tokenizer,
 )
-from povid_kedro.world import WorldConfig, generate_world  # noqa: E402
+from povid_kedro.world import WorldConfig, generate_world, validation_config  # noqa: E402
 
 logger = logging.getLogger("tune_base_model")
 
@@ -69,66 +70,6 @@ logger = logging.getLogger("tune_base_model")
 EVALUATE = project_parameters()["evaluate"]
 EVAL_PROMPT = EVALUATE["description_prompt"]
 POPE_TEMPLATE = EVALUATE["pope_template"]
-
-
-def cooccurrence_rates(
-    named: Sequence[set[str]],
-    present: Sequence[set[str]],
-    partners: Mapping[str, str],
-    categories: Sequence[str],
-    same_scene: Sequence[set[str]] | None = None,
-) -> dict[str, float]:
-    """How often absent objects are named, split by whether a partner of theirs is present.
-
-    Args:
-        named: Per image, the categories the model named.
-        present: Per image, the categories really in it.
-        partners: Category → its usual partner (treated as a symmetric link).
-        categories: All categories.
-        same_scene: Per image, the categories of its scene type; gives a stricter control
-            (absent, same scene type, no linked object present), which isolates the
-            object-object prior from the scene prior.
-
-    Returns:
-        ``partner_rate`` (absent, a linked object present), ``control_rate`` (absent, no linked
-        object present), their ratio, the same-scene control and ratio, and the counts.
-    """
-    linked: dict[str, set[str]] = {c: set() for c in categories}
-    for a, b in partners.items():
-        if b:
-            linked[a].add(b)
-            linked[b].add(a)
-    n_partner = n_partner_named = n_control = n_control_named = n_scene = n_scene_named = 0
-    scenes = same_scene if same_scene is not None else [set() for _ in named]
-    for said, truth, scene in zip(named, present, scenes, strict=True):
-        for category in categories:
-            if category in truth:
-                continue
-            if linked[category] & truth:
-                n_partner += 1
-                n_partner_named += category in said
-            else:
-                n_control += 1
-                n_control_named += category in said
-                if category in scene:
-                    n_scene += 1
-                    n_scene_named += category in said
-    partner_rate = n_partner_named / max(1, n_partner)
-    control_rate = n_control_named / max(1, n_control)
-    scene_rate = n_scene_named / max(1, n_scene)
-    return {
-        "partner_rate": partner_rate,
-        "control_rate": control_rate,
-        "cooccurrence_ratio": partner_rate / control_rate if control_rate else float("inf"),
-        "same_scene_control_rate": scene_rate,
-        "same_scene_ratio": partner_rate / scene_rate if scene_rate else float("inf"),
-        "n_same_scene_cases": n_scene,
-        "n_same_scene_named": n_scene_named,
-        "n_partner_cases": n_partner,
-        "n_partner_named": n_partner_named,
-        "n_control_cases": n_control,
-        "n_control_named": n_control_named,
-    }
 
 
 def evaluate(world: Any, answers: Sequence[str], files: Sequence[str]) -> dict[str, Any]:
@@ -148,11 +89,9 @@ def evaluate(world: Any, answers: Sequence[str], files: Sequence[str]) -> dict[s
     summary = {k: v for k, v in scored.items() if not isinstance(v, list)}
     summary["gt_objects_per_image"] = sum(map(len, present)) / len(present)
     summary["recall_by"] = _recall_breakdown(world, files, named)
-    scene_of = {s["file_name"]: s["scene"] for s in world.scenes["eval"]}
-    scene_cats = {k: set(v["categories"]) for k, v in world.meta["scene_types"].items()}
-    same_scene = [scene_cats[scene_of[f]] for f in files]
-    summary.update(
-        cooccurrence_rates(named, present, world.meta["partners"], list(names.values()), same_scene)
+    # The evaluate pipeline's definition (partner trials, control, present-partner recall).
+    summary["cooccurrence"] = cooccurrence_hallucination(
+        per_caption, world.meta["partners"], list(names.values())
     )
     return summary
 
@@ -231,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--pack-turns", action="store_true", help="one sequence per multi-turn record"
     )
+    parser.add_argument("--val-images", type=int, default=1000, help="validation images scored")
     parser.add_argument("--max-new-tokens", type=int, default=160)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, help="write the results JSON here")
@@ -247,13 +187,16 @@ def main(argv: list[str] | None = None) -> int:
     overrides = json.loads(args.world)
     params = deep_merge(project_parameters()["embedded_world"], overrides)
     start = time.perf_counter()
-    world = generate_world(WorldConfig.from_dict(params))
+    cfg = WorldConfig.from_dict(params)
+    world = generate_world(cfg)
+    # Scored on the validation split: the evaluation split is for the final tables only.
+    val = generate_world(validation_config(cfg, args.val_images))
     world_seconds = time.perf_counter() - start
 
     if args.score_only:
         saved = json.loads(args.score_only.read_text())
         files = sorted(saved)
-        metrics = evaluate(world, [saved[f] for f in files], files)
+        metrics = evaluate(val, [saved[f] for f in files], files)
         print(json.dumps({"world_overrides": overrides, "metrics": metrics}, indent=2))  # noqa: T201
         return 0
 
@@ -285,21 +228,21 @@ def main(argv: list[str] | None = None) -> int:
         progress=False,
     )
 
-    files = sorted(world.eval_images)
+    files = sorted(val.eval_images)
     start = time.perf_counter()
     answers = generate(
         model,
         processor,
-        [world.eval_images[f] for f in files],
+        [val.eval_images[f] for f in files],
         [EVAL_PROMPT] * len(files),
         max_new_tokens=args.max_new_tokens,
         batch_size=64,
         progress=False,
     )
     generate_seconds = time.perf_counter() - start
-    metrics = evaluate(world, answers, files)
+    metrics = evaluate(val, answers, files)
     if args.pope_template:
-        metrics["pope"] = pope_scores(world, model, processor, args.pope_template)
+        metrics["pope"] = pope_scores(val, model, processor, args.pope_template)
     report = {
         "seed": args.seed,
         "world_overrides": overrides,
