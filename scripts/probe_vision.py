@@ -29,6 +29,7 @@ to read beside the model's own pair (``present_partner_recall``, ``cooc_partner_
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -50,6 +51,7 @@ from povid_kedro.modeling import load_model_dir  # noqa: E402
 from povid_kedro.world import WorldConfig, generate_world, validation_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+EXTRA_SEED_KEY = 0x7669  # the extra ViT images' seed, derived from the world's
 
 
 def pixel_values(processor: Any, images: list[Image.Image]) -> torch.Tensor:
@@ -91,9 +93,10 @@ def probe_scores(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray) ->
 
 def vit_scores(
     model: Any, x: torch.Tensor, y_train: np.ndarray, xv: torch.Tensor, epochs: int
-) -> np.ndarray:
+) -> tuple[np.ndarray, CLIPVisionModel]:
     """Per-category probability of presence from the base model's vision-tower architecture,
-    freshly initialised and trained on presence labels (AdamW, one-cycle lr 1e-3, batch 64)."""
+    freshly initialised and trained on presence labels (AdamW, one-cycle lr 1e-3, batch 64);
+    and the trained tower."""
     torch.manual_seed(0)
     tower = CLIPVisionModel(model.config.vision_config)
     head = nn.Linear(model.config.vision_config.hidden_size, y_train.shape[1])
@@ -118,7 +121,18 @@ def vit_scores(
             sched.step()
     tower.eval()
     with torch.inference_mode():
-        return torch.sigmoid(torch.cat([logits(part) for part in xv.split(256)])).numpy()
+        return torch.sigmoid(torch.cat([logits(p) for p in xv.split(256)])).numpy(), tower
+
+
+def extra_scenes(cfg: WorldConfig, n_images: int) -> tuple[list[dict[str, Any]], list[Image.Image]]:
+    """``n_images`` more labelled images for the ViT: the world's evaluation distribution (its
+    weaker co-occurrence prior) from a seed of their own, sharing no scene with any split."""
+    seed = int(np.random.SeedSequence([cfg.seed, EXTRA_SEED_KEY]).generate_state(1)[0])
+    world = generate_world(
+        dataclasses.replace(cfg, seed=seed, n_train_images=1, n_eval_images=n_images)
+    )
+    scenes = world.scenes["eval"]
+    return scenes, [world.eval_images[s["file_name"]] for s in scenes]
 
 
 def cnn_scores(
@@ -201,20 +215,31 @@ def main() -> None:
     parser.add_argument("--train-images", type=int, default=8000)
     parser.add_argument("--val-images", type=int, default=2000)
     parser.add_argument("--vit-epochs", type=int, default=0, help="0: no ViT trained on labels")
+    parser.add_argument(
+        "--vit-extra-images",
+        type=int,
+        default=0,
+        help="generated images the ViT also trains on (the probe and CNN do not)",
+    )
+    parser.add_argument(
+        "--save-vit", type=Path, help="save the trained ViT's weights (a state dict) here"
+    )
     parser.add_argument("--cnn-epochs", type=int, default=0, help="0: no CNN ceiling")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
-    params = project_parameters()
+    cfg = WorldConfig.from_dict(project_parameters()["embedded_world"])
     world_dir = args.data / "01_raw" / "world"
     partners = json.loads((world_dir / "partners.json").read_text())
     scenes = json.loads((world_dir / "scenes.json").read_text())["train"][: args.train_images]
-    val = generate_world(
-        validation_config(WorldConfig.from_dict(params["embedded_world"]), args.val_images)
-    )
+    val = generate_world(validation_config(cfg, args.val_images))
     val_scenes = val.scenes["eval"]
+    more_scenes, more_images = (
+        extra_scenes(cfg, args.vit_extra_images) if args.vit_extra_images else ([], [])
+    )
     names = sorted(
-        {o["category"] for s in scenes + val_scenes for o in s["objects"]} | set(partners)
+        {o["category"] for s in scenes + val_scenes + more_scenes for o in s["objects"]}
+        | set(partners)
     )
     index = {name: i for i, name in enumerate(names)}
 
@@ -239,8 +264,18 @@ def main() -> None:
     scores = probe_scores(model_features(model, x_train), y_train, model_features(model, x_val))
     report["probe"] = trial_report(scores, y_val, index, partners)
     if args.vit_epochs:
-        scores = vit_scores(model, x_train, y_train, x_val, args.vit_epochs)
-        report["vit"] = {"epochs": args.vit_epochs, **trial_report(scores, y_val, index, partners)}
+        x_vit, y_vit = x_train, y_train
+        if more_images:
+            x_vit = torch.cat([x_train, pixel_values(processor, more_images)])
+            y_vit = np.concatenate([y_train, labels(more_scenes)])
+        scores, tower = vit_scores(model, x_vit, y_vit, x_val, args.vit_epochs)
+        report["vit"] = {
+            "epochs": args.vit_epochs,
+            "train_images": len(x_vit),
+            **trial_report(scores, y_val, index, partners),
+        }
+        if args.save_vit:
+            torch.save(tower.state_dict(), args.save_vit)
     if args.cnn_epochs:
         scores = cnn_scores(train_images, y_train, val_images, args.cnn_epochs)
         report["cnn"] = {"epochs": args.cnn_epochs, **trial_report(scores, y_val, index, partners)}

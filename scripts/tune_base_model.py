@@ -1,11 +1,11 @@
 """Train the tiny base model on the embedded world and measure how (and why) it hallucinates.
 
 An experiment driver for choosing the world's parameters and the base model's config: it builds
-the world from ``conf/base/parameters_embedded_world.yml`` plus overrides given here (the YAML is
-not edited), trains the tokenizer and model on the world's detailed descriptions (after a
-text-only warm-up on them, ``TrainConfig.text_warmup_steps``; optionally with its reasoning QA
-too), describes the validation split's images (``--val-images``, a seed apart from the
-evaluation split) greedily and reports
+the world from ``conf/base/parameters_embedded_world.yml`` plus overrides (``--world``; the YAML
+is not edited), ingests its records with the ``ingest_ground_truth`` parameters and trains the
+base model with the function the ``base_model`` node calls (``train_scratch_model``) on the
+``base_model`` parameters plus overrides (``--base-model``), then describes the validation
+split's images (``--val-images``, a seed apart from the evaluation split) greedily and reports
 
 - CHAIR_s, CHAIR_i, Recall and objects named per image (``povid_kedro.metrics.chair.Chair``);
 - the co-occurrence rates of the evaluate pipeline (``povid_kedro.metrics.cooccurrence``): how
@@ -14,15 +14,12 @@ evaluation split) greedily and reports
   has a ratio well above 1;
 - recall broken down by object size, occlusion, contrast and category.
 
-Recommended run (the tuned setting: descriptions + one-word VQA, each image's 4 questions
-packed into one sequence, 16 descriptions + 4 question records a step, VQA weight 10, 16 px
-patches; the world's defaults already hold the reading-order descriptions and the VQA
-records)::
+The pipeline's base model, then one whose vision tower starts from weights trained on presence
+labels (``probe_vision.py --save-vit``) and stays fixed::
 
-    .venv/bin/python scripts/tune_base_model.py --seed 0 --tasks detail,vqa --pack-turns \\
-        --task-weights '{"vqa": 10}' --model '{"patch_size": 16}' \\
-        --train '{"steps": 2000, "task_batch": {"detail": 16, "vqa": 4}}' \\
-        --out data/08_reporting/tune_base_model.json --answers /tmp/answers.json
+    .venv/bin/python scripts/tune_base_model.py --seed 0 --out data/08_reporting/base.json
+    .venv/bin/python scripts/tune_base_model.py --seed 0 --vision-tower /tmp/vit.pt \\
+        --freeze-vision --out data/08_reporting/base_pretrained_tower.json
 
 Re-score saved descriptions without training (same ``--world``)::
 
@@ -36,9 +33,10 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,21 +45,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
+from povid_kedro.base_model import train_scratch_model  # noqa: E402
+from povid_kedro.datasets.image_folder import ImageFolderDataset  # noqa: E402
 from povid_kedro.experiments import deep_merge, project_parameters  # noqa: E402
+from povid_kedro.images import ImageFolder  # noqa: E402
+from povid_kedro.ingest import IngestConfig, ingest  # noqa: E402
 from povid_kedro.metrics.chair import Chair  # noqa: E402
 from povid_kedro.metrics.cooccurrence import cooccurrence_hallucination  # noqa: E402
 from povid_kedro.metrics.pope import score_pope  # noqa: E402
-from povid_kedro.modeling import (  # noqa: E402
-    ModelConfig,
-    TokenizerConfig,
-    TrainConfig,
-    build_model_and_processor,
-    generate,
-    rows_from_llava_instruct,
-    save_model_dir,
-    train_sft,
-    train_tokenizer,
-)
+from povid_kedro.modeling import generate, save_model_dir  # noqa: E402
 from povid_kedro.world import WorldConfig, generate_world, validation_config  # noqa: E402
 
 logger = logging.getLogger("tune_base_model")
@@ -146,29 +138,40 @@ def pope_scores(world: Any, model: Any, processor: Any, template: str) -> dict[s
     return out
 
 
+def _vision_init(path: Path | None, freeze: bool) -> Callable[[Any], None] | None:
+    """A ``prepare`` hook for :func:`train_scratch_model`: load and/or freeze the tower."""
+    if path is None and not freeze:
+        return None
+
+    def prepare(model: Any) -> None:
+        tower = model.model.vision_tower
+        if path is not None:
+            tower.load_state_dict(torch.load(path, weights_only=True))
+        tower.requires_grad_(not freeze)
+
+    return prepare
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one experiment and print (and optionally save) its results as JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--world", default="{}", help="JSON overrides of embedded_world params")
-    parser.add_argument("--model", default="{}", help="JSON ModelConfig fields")
-    parser.add_argument("--train", default="{}", help="JSON TrainConfig fields")
-    parser.add_argument("--tokenizer", default="{}", help="JSON TokenizerConfig fields")
+    parser.add_argument(
+        "--base-model", default="{}", help="JSON overrides of the base_model parameters"
+    )
     parser.add_argument("--seed", type=int, default=0, help="model init and data-order seed")
     parser.add_argument(
-        "--tasks",
-        default="detail",
-        help="comma-separated instruction files to train on (detail, complex_reasoning, vqa)",
+        "--vision-tower",
+        type=Path,
+        help="initialise the vision tower from these weights (probe_vision.py --save-vit)",
     )
     parser.add_argument(
-        "--task-weights", default="{}", help='JSON loss weight per file, e.g. {"vqa": 10}'
+        "--freeze-vision", action="store_true", help="keep the vision tower's weights fixed"
     )
     parser.add_argument(
         "--pope-template",
         default=POPE_TEMPLATE,
         help="how POPE questions are asked ('' skips POPE)",
-    )
-    parser.add_argument(
-        "--pack-turns", action="store_true", help="one sequence per multi-turn record"
     )
     parser.add_argument("--val-images", type=int, default=1000, help="validation images scored")
     parser.add_argument("--max-new-tokens", type=int, default=160)
@@ -200,33 +203,28 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"world_overrides": overrides, "metrics": metrics}, indent=2))  # noqa: T201
         return 0
 
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    task_weights = json.loads(args.task_weights)
-    rows = []
-    for task in tasks:
-        for row in rows_from_llava_instruct(
-            world.instructions[task], world.train_images, pack_turns=args.pack_turns
-        ):
-            row.weight = float(task_weights.get(task, 1.0))
-            row.task = task
-            rows.append(row)
-    records = [r for t in tasks for r in world.instructions[t]]
-    texts = [t for r in records for t in (c["value"] for c in r["conversations"])]
-    tokenizer = train_tokenizer(texts, TokenizerConfig.from_dict(json.loads(args.tokenizer)))
-    model_cfg = ModelConfig.from_dict({"seed": args.seed, **json.loads(args.model)})
-    train_cfg = TrainConfig.from_dict(
-        {"seed": args.seed, "num_threads": args.threads, **json.loads(args.train)}
-    )
-    model, processor = build_model_and_processor(model_cfg, tokenizer)
-    descriptions = [r["conversations"][1]["value"] for r in world.instructions["detail"]]
-    result = train_sft(
-        model,
-        processor,
-        rows,
-        train_cfg,
-        text_rows=descriptions,  # warm-up texts; train.text_warmup_steps=0 turns it off
-        progress=False,
-    )
+    base = deep_merge(project_parameters()["base_model"], json.loads(args.base_model))
+    base["model"]["seed"] = base["train"]["seed"] = args.seed
+    base["train"]["num_threads"] = args.threads
+    with tempfile.TemporaryDirectory() as tmp:
+        # The world's files as the pipelines read them: images in a folder, records ingested.
+        ImageFolderDataset(tmp).save(world.train_images)
+        folder = ImageFolder(tmp)
+        ingest_cfg = IngestConfig.from_dict(project_parameters()["ingest_ground_truth"])
+        ground_truth, _, _, _ = ingest(world.instructions, folder, ingest_cfg)
+        model, processor, result = train_scratch_model(
+            ground_truth,
+            folder.open,
+            tasks=base["tasks"],
+            text_warmup=base["text_warmup"],
+            tokenizer=base["tokenizer"],
+            model=base["model"],
+            train=base["train"],
+            extra_texts=[EVAL_PROMPT, POPE_TEMPLATE],
+            task_weights=base.get("task_weights"),
+            pack_turns=bool(base.get("pack_turns", False)),
+            prepare=_vision_init(args.vision_tower, args.freeze_vision),
+        )
 
     files = sorted(val.eval_images)
     start = time.perf_counter()
@@ -246,14 +244,12 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "seed": args.seed,
         "world_overrides": overrides,
-        "model": vars(model_cfg),
-        "train": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(train_cfg).items()},
-        "tasks": tasks,
-        "task_weights": task_weights,
-        "pack_turns": args.pack_turns,
-        "n_train_rows": len(rows),
+        "base_model": base,
+        "vision_tower": str(args.vision_tower) if args.vision_tower else None,
+        "freeze_vision": args.freeze_vision,
+        "n_train_rows": len(ground_truth),
         "n_params": sum(p.numel() for p in model.parameters()),
-        "vocab": len(tokenizer),
+        "vocab": len(processor.tokenizer),
         "world_seconds": round(world_seconds, 1),
         "train_seconds": round(result.seconds, 1),
         "generate_seconds": round(generate_seconds, 1),

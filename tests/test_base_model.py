@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from povid_kedro.base_model import _conversations, train_scratch_model
+from tests.training.conftest import MODEL_CFG
 
 
 def _table() -> pd.DataFrame:
@@ -68,3 +72,28 @@ def test_packing_groups_the_turns_of_each_ingested_record():
     assert [[t.id for t in turns] for turns in _conversations(table, pack=False)] == [
         [i] for i in table["id"]
     ]
+
+
+def test_prepare_runs_on_the_built_model_before_training():
+    # A hook that freezes the vision tower (as an experiment with a pretrained tower does).
+    seen = {}
+
+    def freeze(model):
+        model.model.vision_tower.requires_grad_(False)
+        seen["before"] = {k: v.clone() for k, v in model.model.vision_tower.state_dict().items()}
+        seen["projector"] = model.model.multi_modal_projector.linear_1.weight.clone()
+
+    model, _, _ = train_scratch_model(
+        _table(),
+        _open,
+        tasks=["description", "vqa"],
+        text_warmup=False,
+        tokenizer={"vocab_size": 300, "min_frequency": 1},
+        model={**dataclasses.asdict(MODEL_CFG), "image_size": 32},
+        train={"steps": 3, "batch_size": 2, "lr": 1e-2, "num_threads": 1},
+        prepare=freeze,
+    )
+    after = model.model.vision_tower.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in seen["before"].items())
+    # ...while the rest of the model did train.
+    assert not torch.equal(model.model.multi_modal_projector.linear_1.weight, seen["projector"])

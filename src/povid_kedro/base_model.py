@@ -37,6 +37,7 @@ def train_scratch_model(
     extra_texts: Sequence[str] = (),
     task_weights: Mapping[str, float] | None = None,
     pack_turns: bool = False,
+    prepare: Callable[[Any], None] | None = None,
 ) -> tuple[Any, Any, TrainResult]:
     """Train a tokenizer and a tiny LLaVA on ground-truth rows.
 
@@ -54,6 +55,8 @@ def train_scratch_model(
             has one informative token against a description's dozens.
         pack_turns: Train the turns of a multi-turn record as one sequence (LLaVA's way, the
             image tokens paid once) instead of one sequence per turn.
+        prepare: Called on the newly built model before training (an experiment's hook, e.g.
+            loading or freezing a pretrained vision tower).
 
     Returns:
         ``(model, processor, result)``.
@@ -75,6 +78,8 @@ def train_scratch_model(
     texts = [*rows["prompt"], *rows["answer"], *extra_texts]
     tok = train_tokenizer(texts, TokenizerConfig.from_dict(dict(tokenizer)))
     net, processor = build_model_and_processor(ModelConfig.from_dict(dict(model)), tok)
+    if prepare is not None:
+        prepare(net)
     sft_rows = [
         SFTRow(
             image=images[turns[-1].image],
