@@ -44,7 +44,6 @@ from trl import DPOTrainer  # noqa: E402
 
 from povid_kedro.experiments import project_parameters  # noqa: E402
 from povid_kedro.modeling import ModelConfig, build_model_and_processor, train_tokenizer  # noqa: E402
-from povid_kedro.noise import NoiseConfig  # noqa: E402
 from povid_kedro.training import StageConfig, train_stage1, train_stage2  # noqa: E402
 from povid_kedro.training.config import Stage2Config  # noqa: E402
 from povid_kedro.training.data import ImageBank, PairCollator, encode_pairs  # noqa: E402
@@ -53,6 +52,7 @@ from povid_kedro.training.losses import (  # noqa: E402
     noisy_argmax_labels,
     sequence_logps,
 )
+from povid_kedro.training.noise import NoiseConfig  # noqa: E402
 from povid_kedro.training.trainer import POVIDTrainer, _lora_config, dpo_args  # noqa: E402
 from povid_kedro.world import WorldConfig, generate_world  # noqa: E402
 

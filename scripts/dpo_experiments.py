@@ -41,16 +41,16 @@ import torch  # noqa: E402
 
 from povid_kedro.experiments import deep_merge, project_parameters  # noqa: E402
 from povid_kedro.hallucination.onpolicy import OnPolicyConfig, on_policy_pairs  # noqa: E402
-from povid_kedro.images import ImageFolder  # noqa: E402
+from povid_kedro.ingest.images import ImageFolder  # noqa: E402
 from povid_kedro.metrics.chair import Chair  # noqa: E402
 from povid_kedro.modeling import load_model_dir  # noqa: E402
-from povid_kedro.noise import NoiseConfig  # noqa: E402
 from povid_kedro.pipelines.evaluate.nodes import (  # noqa: E402
     answer_pope_node,
     describe_eval_images_node,
     score_node,
 )
 from povid_kedro.training import DPOTrainingConfig, train_stage1, train_stage2  # noqa: E402
+from povid_kedro.training.noise import NoiseConfig  # noqa: E402
 from povid_kedro.world import WorldConfig, generate_world, validation_config  # noqa: E402
 from povid_kedro.world.formats import coco_instances  # noqa: E402
 

@@ -45,15 +45,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from povid_kedro.base_model import train_scratch_model  # noqa: E402
 from povid_kedro.datasets.image_folder import ImageFolderDataset  # noqa: E402
 from povid_kedro.experiments import deep_merge, project_parameters  # noqa: E402
-from povid_kedro.images import ImageFolder  # noqa: E402
 from povid_kedro.ingest import IngestConfig, ingest  # noqa: E402
+from povid_kedro.ingest.images import ImageFolder  # noqa: E402
 from povid_kedro.metrics.chair import Chair  # noqa: E402
 from povid_kedro.metrics.cooccurrence import cooccurrence_hallucination  # noqa: E402
 from povid_kedro.metrics.pope import score_pope  # noqa: E402
 from povid_kedro.modeling import generate, save_model_dir  # noqa: E402
+from povid_kedro.modeling.scratch import train_scratch_model  # noqa: E402
 from povid_kedro.world import WorldConfig, generate_world, validation_config  # noqa: E402
 
 logger = logging.getLogger("tune_base_model")

@@ -15,8 +15,8 @@ import pytest
 
 from povid_kedro.experiments import project_parameters
 from povid_kedro.modeling.config import ModelConfig, TokenizerConfig, TrainConfig
-from povid_kedro.noise import NoiseConfig
 from povid_kedro.training.config import Stage2Config, StageConfig
+from povid_kedro.training.noise import NoiseConfig
 from povid_kedro.world.config import PopeConfig, TextConfig, VisualConfig
 
 # Library defaults that are published values, while conf/base holds the values tuned for the

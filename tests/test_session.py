@@ -99,7 +99,7 @@ TINY_MODEL = {
         "max_pope_questions": 16,
         "description_generation": {"max_new_tokens": 16},
         # 12 steps of training decide nothing: let the first candidate become champion so the
-        # registry round trip below is exercised (tests/evaluate/test_gate.py covers the gate).
+        # registry round trip below is exercised (tests/evaluation/test_gate.py covers the gate).
         "gate": {"max_pope_f1_drop": 0.01, "first_against_base": False, "no_collapse": None},
     },
     "noise_trigger": {"generate": {"max_new_tokens": 8}},

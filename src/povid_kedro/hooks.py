@@ -17,8 +17,8 @@ from kedro.framework.hooks import hook_impl
 from kedro.io import DataCatalog
 from kedro.pipeline import Node, Pipeline
 
-from povid_kedro.noise import GENERATED
 from povid_kedro.params import ParameterError, validate_group
+from povid_kedro.training.noise import GENERATED
 
 logger = logging.getLogger(__name__)
 

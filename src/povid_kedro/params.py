@@ -18,12 +18,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, PositiveInt, TypeAdapter, ValidationError
 
-from povid_kedro.gate import check_guard_names
+from povid_kedro.evaluation.gate import check_guard_names
 from povid_kedro.hallucination import InjectConfig
 from povid_kedro.ingest import IngestConfig
 from povid_kedro.modeling.config import GenerateConfig, ModelConfig, TokenizerConfig, TrainConfig
-from povid_kedro.noise import NoiseConfig
 from povid_kedro.training import DPOTrainingConfig
+from povid_kedro.training.noise import NoiseConfig
 from povid_kedro.world import WorldConfig
 
 

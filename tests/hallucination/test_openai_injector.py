@@ -430,7 +430,7 @@ def test_a_run_with_no_pair_says_why_without_pointing_at_an_unwritten_table(
     openai_params, server, samples, load_image, tmp_path, caplog
 ):
     # The node fails, so its failures output is never saved: the message itself must carry them.
-    from povid_kedro.images import ImageFolder
+    from povid_kedro.ingest.images import ImageFolder
     from povid_kedro.pipelines.inject_hallucinations.nodes import inject_hallucinations_node
 
     for path in samples["image"]:

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from povid_kedro.images import ImageFolder
 from povid_kedro.ingest import (
     IngestConfig,
     NoValidRecordsError,
@@ -18,6 +17,7 @@ from povid_kedro.ingest import (
     sample_stratified,
     split_by_image,
 )
+from povid_kedro.ingest.images import ImageFolder
 from povid_kedro.schema import GROUND_TRUTH_COLUMNS
 
 DESCRIBE = "Describe the following image in detail."

@@ -250,7 +250,7 @@ def test_a_packed_conversation_trains_every_answer_with_the_image_once(fresh, sc
 
 
 def test_each_task_has_its_own_loss_curve(model_cfg, tokenizer, scenes):
-    from povid_kedro.base_model import loss_history
+    from povid_kedro.modeling.scratch import loss_history
 
     rows = [SFTRow(image, PROMPT, caption, task="description") for image, caption in scenes[:8]]
     rows += [SFTRow(image, PROMPT, "Yes", weight=5.0, task="vqa") for image, _ in scenes[8:16]]

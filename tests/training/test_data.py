@@ -7,7 +7,6 @@ import copy
 import pytest
 import torch
 
-from povid_kedro.noise import NoiseConfig
 from povid_kedro.training.data import (
     ImageBank,
     PairCollator,
@@ -15,6 +14,7 @@ from povid_kedro.training.data import (
     encode_pairs,
     require_pairs,
 )
+from povid_kedro.training.noise import NoiseConfig
 from tests.modeling.conftest import PROMPT
 from tests.training.conftest import MODEL_CFG
 

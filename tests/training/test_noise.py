@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from povid_kedro.noise import (
+from povid_kedro.training.noise import (
     POVID_SCHEDULER_KWARGS,
     NoiseConfig,
     add_diffusion_noise,

@@ -12,7 +12,6 @@ from transformers import LlavaForConditionalGeneration, TrainerCallback
 
 from povid_kedro.experiments import project_parameters
 from povid_kedro.modeling import load_model_dir
-from povid_kedro.noise import NoiseConfig
 from povid_kedro.training import (
     DPOTrainingConfig,
     NonFiniteLossError,
@@ -20,6 +19,7 @@ from povid_kedro.training import (
     train_stage1,
     train_stage2,
 )
+from povid_kedro.training.noise import NoiseConfig
 from tests.training.conftest import FAST, margins
 
 NOISE = NoiseConfig(step=300, seed=3)

@@ -10,13 +10,13 @@ from typing import Any
 from kedro.io import AbstractDataset, DatasetError
 from PIL import Image
 
-from povid_kedro.images import ImageFolder, write_images
+from povid_kedro.ingest.images import ImageFolder, write_images
 
 
 class ImageFolderDataset(AbstractDataset[Mapping[str, Image.Image], ImageFolder]):
     """A folder of image files addressed by relative paths.
 
-    ``load`` returns an :class:`~povid_kedro.images.ImageFolder` (a lazy, read-only view:
+    ``load`` returns an :class:`~povid_kedro.ingest.images.ImageFolder` (a lazy, read-only view:
     nothing is decoded until a node opens an image); ``save`` takes a mapping of relative
     path to PIL image and writes each file, the format following the suffix.
 

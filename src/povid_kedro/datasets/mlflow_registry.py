@@ -9,7 +9,7 @@ from kedro.io import AbstractDataset, DatasetError
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from povid_kedro.gate import WEIGHTS_TAG
+from povid_kedro.evaluation.gate import WEIGHTS_TAG
 from povid_kedro.modeling import save_model_dir
 from povid_kedro.modeling.hf_dir import weights_digest
 from povid_kedro.training.registry import log_and_register

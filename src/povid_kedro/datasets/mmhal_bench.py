@@ -9,7 +9,7 @@ from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
-from povid_kedro.images import ImageFolder
+from povid_kedro.ingest.images import ImageFolder
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ gradient checkpointing, 3 epochs in stage 1, 1 in stage 2). ``from_dict`` refuse
 typo in a parameters file fails at start-up instead of silently falling back to a default.
 
 The noise of stage 2 (step, seed, ``y_n-`` mode) is *not* here: it lives in
-:class:`povid_kedro.noise.NoiseConfig` (the ``noise_trigger`` parameters), once.
+:class:`povid_kedro.training.noise.NoiseConfig` (the ``noise_trigger`` parameters), once.
 """
 
 from __future__ import annotations

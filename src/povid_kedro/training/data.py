@@ -26,8 +26,8 @@ import torch
 from PIL import Image
 
 from povid_kedro.modeling.generate import render_prompt, to_messages
-from povid_kedro.noise import GENERATED, TEACHER_FORCED, NoiseConfig, noisy_image
 from povid_kedro.schema import IGNORE_INDEX
+from povid_kedro.training.noise import GENERATED, TEACHER_FORCED, NoiseConfig, noisy_image
 
 logger = logging.getLogger(__name__)
 
@@ -369,8 +369,8 @@ class ImageBank:
     """Processed pixel values of the pairs' clean and noisy images, optionally kept in memory.
 
     Clean images are processed once per path, noisy ones once per pair id (each pair's noise is
-    seeded by its id, see :func:`povid_kedro.noise.noisy_image`, so it is the same every epoch
-    and every run).
+    seeded by its id, see :func:`povid_kedro.training.noise.noisy_image`, so it is the same every
+    epoch and every run).
 
     Args:
         processor: The processor (its ``image_processor`` is used).

@@ -59,7 +59,6 @@ from trl import DPOConfig, DPOTrainer
 from trl.trainer.utils import use_adapter
 
 from povid_kedro.modeling.hf_dir import save_model_dir
-from povid_kedro.noise import GENERATED, TEACHER_FORCED, NoiseConfig
 from povid_kedro.schema import IGNORE_INDEX
 from povid_kedro.training.config import Stage2Config, StageConfig
 from povid_kedro.training.data import (
@@ -82,6 +81,7 @@ from povid_kedro.training.losses import (
     per_token_logps,
     without_end,
 )
+from povid_kedro.training.noise import GENERATED, TEACHER_FORCED, NoiseConfig
 
 logger = logging.getLogger(__name__)
 

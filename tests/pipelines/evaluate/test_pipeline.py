@@ -9,8 +9,8 @@ from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
 from povid_kedro.datasets.image_folder import ImageFolderDataset
+from povid_kedro.evaluation.gate import WEIGHTS_TAG
 from povid_kedro.experiments import deep_merge, project_parameters
-from povid_kedro.gate import WEIGHTS_TAG
 from povid_kedro.modeling import (
     ModelConfig,
     SFTRow,

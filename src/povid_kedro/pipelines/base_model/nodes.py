@@ -8,10 +8,10 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from povid_kedro.base_model import loss_figure, loss_history, train_scratch_model
 from povid_kedro.datasets.hf_model import ModelReference
-from povid_kedro.images import ImageFolder
+from povid_kedro.ingest.images import ImageFolder
 from povid_kedro.modeling import load_model_dir
+from povid_kedro.modeling.scratch import loss_figure, loss_history, train_scratch_model
 
 logger = logging.getLogger(__name__)
 

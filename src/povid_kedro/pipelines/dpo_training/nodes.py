@@ -7,9 +7,9 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from povid_kedro.images import ImageFolder
-from povid_kedro.noise import GENERATED, NoiseConfig
+from povid_kedro.ingest.images import ImageFolder
 from povid_kedro.training import DPOTrainingConfig, TrainReport, train_stage1, train_stage2
+from povid_kedro.training.noise import GENERATED, NoiseConfig
 
 _CURVES = ("loss", "margins", "accuracy")
 

@@ -15,7 +15,7 @@ from povid_kedro.evaluation import (
     report_markdown,
     summary_row,
 )
-from povid_kedro.gate import (
+from povid_kedro.evaluation.gate import (
     EVAL_SET_TAGS,
     champion_decision,
     collapse_failures,
@@ -25,7 +25,7 @@ from povid_kedro.gate import (
     provenance_failure,
 )
 from povid_kedro.hallucination import ClientConfig
-from povid_kedro.images import ImageFolder
+from povid_kedro.ingest.images import ImageFolder
 from povid_kedro.metrics.chair import Chair
 from povid_kedro.metrics.cooccurrence import cooccurrence_hallucination
 from povid_kedro.metrics.degenerate import DegenerateChecker

@@ -7,8 +7,8 @@ from typing import Any
 
 import pandas as pd
 
-from povid_kedro.images import ImageFolder
 from povid_kedro.ingest import IngestConfig, ingest
+from povid_kedro.ingest.images import ImageFolder
 
 
 def ingest_ground_truth_node(

@@ -16,7 +16,7 @@ from povid_kedro.hallucination import (
     to_povid_json,
     to_trl_rows,
 )
-from povid_kedro.images import ImageFolder
+from povid_kedro.ingest.images import ImageFolder
 from povid_kedro.schema import TASK_TYPES
 
 logger = logging.getLogger(__name__)

@@ -10,9 +10,15 @@ import pandas as pd
 from matplotlib.figure import Figure
 from PIL import Image
 
-from povid_kedro.images import ImageFolder
+from povid_kedro.ingest.images import ImageFolder
 from povid_kedro.modeling import generate
-from povid_kedro.noise import GENERATED, NoiseConfig, add_diffusion_noise, noise_scales, noise_seed
+from povid_kedro.training.noise import (
+    GENERATED,
+    NoiseConfig,
+    add_diffusion_noise,
+    noise_scales,
+    noise_seed,
+)
 
 logger = logging.getLogger(__name__)
 

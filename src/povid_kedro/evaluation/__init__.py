@@ -14,7 +14,7 @@ from typing import Any
 from matplotlib.figure import Figure
 from PIL import Image
 
-from povid_kedro.images import ImageFolder
+from povid_kedro.ingest.images import ImageFolder
 from povid_kedro.modeling.generate import generate
 from povid_kedro.schema import POPE_SPLITS
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from povid_kedro.gate import champion_decision, collapse_failures, evaluation_set
+from povid_kedro.evaluation.gate import champion_decision, collapse_failures, evaluation_set
 from povid_kedro.pipelines.evaluate.nodes import champion_gate_node
 
 BASE = {"chair_s": 0.70, "pope_f1_mean": 0.72}

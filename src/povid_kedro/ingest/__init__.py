@@ -24,7 +24,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from povid_kedro.images import ImageFolder, ImagePathError, ImageReadError
+from povid_kedro.ingest.images import ImageFolder, ImagePathError, ImageReadError
 from povid_kedro.schema import (
     DESCRIPTION,
     GROUND_TRUTH_COLUMNS,

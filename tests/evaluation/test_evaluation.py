@@ -10,7 +10,7 @@ from kedro.io import DatasetError
 
 from povid_kedro.datasets.jsonl import JSONLinesDataset
 from povid_kedro.evaluation import answer_pope, describe_images, report_markdown
-from povid_kedro.images import ImageFolder
+from povid_kedro.ingest.images import ImageFolder
 from povid_kedro.metrics.cooccurrence import cooccurrence_hallucination
 
 

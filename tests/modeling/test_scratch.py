@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from povid_kedro.base_model import _conversations, train_scratch_model
+from povid_kedro.modeling.scratch import _conversations, train_scratch_model
 from tests.training.conftest import MODEL_CFG
 
 
