@@ -211,6 +211,9 @@ class _Handler(BaseHTTPRequestHandler):
     # client's delayed ACK (~40 ms on Linux) and every reply would look slow.
     disable_nagle_algorithm = True
     server: _Server
+    # The request being answered; its status is recorded before the reply goes out, so a
+    # client that has read the reply always finds the status set.
+    _answering: RecordedRequest | None = None
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silence the default stderr access log."""
@@ -218,6 +221,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         """Answer ``GET /v1/models`` (some clients probe it); anything else is 404."""
         owner = self.server.owner
+        self._answering = None  # a keep-alive connection's earlier POST is answered
         if self.path.rstrip("/").endswith("/models"):
             self._send(200, {"object": "list", "data": [{"id": owner.model, "object": "model"}]})
         else:
@@ -233,9 +237,9 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             parsed = None
         record = owner._record(self.command, self.path, dict(self.headers.items()), body, parsed)
+        self._answering = record
         if not self.path.rstrip("/").endswith("/chat/completions"):
             self._send(404, {"error": {"message": "not found", "type": "invalid_request_error"}})
-            record.status, record.answered = 404, time.monotonic()
             return
         action = owner._next_action(record)
         if action.kind == "hang":
@@ -246,14 +250,13 @@ class _Handler(BaseHTTPRequestHandler):
         if action.latency > 0 and owner._stopping.wait(action.latency):
             self.close_connection = True
             return
-        status = self._carry_out(action, record)
-        record.status, record.answered = status, time.monotonic()
+        self._carry_out(action, record)
 
-    def _carry_out(self, action: Action, record: RecordedRequest) -> int:
+    def _carry_out(self, action: Action, record: RecordedRequest) -> None:
         owner = self.server.owner
         if action.kind == "malformed":
             self._send_raw(200, action.body or b"{", {"Content-Type": "application/json"})
-            return 200
+            return
         if action.kind == "error":
             headers = dict(action.headers)
             if action.retry_after is not None:
@@ -272,7 +275,7 @@ class _Handler(BaseHTTPRequestHandler):
             )
             headers.setdefault("Content-Type", "application/json")
             self._send_raw(action.status, body, headers)
-            return action.status
+            return
         prompt_tokens, completion_tokens = action.usage or (
             len(record.user_text) // 4 + 85 * len(record.image_urls) + 8,
             max(1, len(action.text) // 4),
@@ -299,7 +302,6 @@ class _Handler(BaseHTTPRequestHandler):
             },
         }
         self._send(200, payload, action.headers)
-        return 200
 
     def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
         self._send_raw(
@@ -309,6 +311,8 @@ class _Handler(BaseHTTPRequestHandler):
         )
 
     def _send_raw(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+        if self._answering is not None:
+            self._answering.status, self._answering.answered = status, time.monotonic()
         try:
             self.send_response(status)
             for name, value in headers.items():
