@@ -190,6 +190,15 @@ def test_an_evaluate_typo_is_caught(project):
         run_pipeline(project, "evaluate", {"evaluate": {"max_image": 2}})
 
 
+def test_an_ablation_row_typo_names_the_row_before_any_training(project):
+    rows = {"povid": {}, "noise_only": {"stage_2": {"hallucination_weight": 0}}}
+    with pytest.raises(ParameterError) as err:
+        run_pipeline(project, "ablation", {"ablation": {"rows": rows}})
+    message = str(err.value)
+    assert "ablation.rows.noise_only: unknown keys ['stage_2']" in message
+    assert "conf/base/parameters_ablation.yml" in message
+
+
 def test_an_unknown_pipeline_lists_the_pipelines(project):
     with pytest.raises(
         ValueError, match="Failed to find the pipeline named 'embeded_world'"
@@ -198,6 +207,7 @@ def test_an_unknown_pipeline_lists_the_pipelines(project):
     cause = str(err.value.__cause__)
     assert "there is no pipeline 'embeded_world'" in cause
     assert "embedded_world, ingest_ground_truth" in cause and "povid" in cause
+    assert "ablation" in cause
 
 
 def test_the_composed_povid_pipeline_can_be_requested(project):

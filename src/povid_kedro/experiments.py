@@ -7,14 +7,15 @@ tries are the values the pipelines read; overrides are merged in with :func:`dee
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from kedro.config import OmegaConfigLoader
 
+from povid_kedro.params import deep_merge
 from povid_kedro.settings import CONFIG_LOADER_ARGS
+
+__all__ = ["PROJECT_ROOT", "deep_merge", "project_parameters"]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,14 +24,3 @@ def project_parameters(env: str | None = None, root: Path = PROJECT_ROOT) -> dic
     """The merged ``parameters`` of ``conf/base`` and ``env`` (default: ``conf/local``)."""
     loader = OmegaConfigLoader(str(root / "conf"), env=env, **CONFIG_LOADER_ARGS)
     return dict(loader["parameters"])
-
-
-def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """Return ``base`` with ``overrides`` merged in, recursively for nested mappings."""
-    merged = copy.deepcopy(dict(base))
-    for key, value in overrides.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged

@@ -10,6 +10,7 @@ get pydantic models here.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -101,6 +102,27 @@ def _noise(values: Mapping[str, Any]) -> None:
     _build(GenerateConfig, noise.generate, "generate")
 
 
+class AblationParams(_Strict):
+    """The ``ablation`` group (``conf/base/parameters_ablation.yml``)."""
+
+    seeds: list[int]
+    validation_images: PositiveInt
+    pope_questions: PositiveInt | None = None
+    noise_steps: list[PositiveInt] = []
+    rows: dict[str, dict[str, Any] | None]
+    only: list[str] | None = None
+
+
+def _ablation(values: Mapping[str, Any]) -> None:
+    # Imported here: the ablation module imports this one (deep_merge).
+    from povid_kedro.evaluation.ablation import ablation_rows
+
+    params = AblationParams.model_validate(dict(values))
+    if not params.seeds:
+        raise ValueError("seeds: empty; give at least one DPO seed")
+    ablation_rows(params.rows, params.noise_steps, params.only)
+
+
 def _reader(cls: type) -> Callable[[Mapping[str, Any]], Any]:
     return lambda values: _build(cls, values, "")
 
@@ -113,6 +135,7 @@ READERS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
     "base_model": _base_model,
     "dpo_training": _reader(DPOTrainingConfig),
     "evaluate": _evaluate,
+    "ablation": _ablation,
 }
 """Parameter group -> its check: the reader its nodes use, after the values' types."""
 
@@ -187,3 +210,14 @@ def _is_scalar(hint: Any) -> bool:
     if args and typing.get_origin(hint) in (typing.Union, types.UnionType):
         return all(a is type(None) or _is_scalar(a) for a in args)
     return hint in (int, float, str, bool)
+
+
+def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Return ``base`` with ``overrides`` merged in, recursively for nested mappings."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged

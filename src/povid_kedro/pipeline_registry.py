@@ -18,6 +18,9 @@ PIPELINES = (
     "dpo_training",
     "evaluate",
 )
+# Run on request only, after a default run: `kedro run --pipeline ablation` trains every
+# ablation row for every seed (hours on 2 CPU cores).
+ON_REQUEST = ("ablation",)
 
 
 class _Pipelines(dict[str, Pipeline]):
@@ -33,13 +36,14 @@ def register_pipelines() -> dict[str, Pipeline]:
     ``__default__`` runs everything on the embedded default, world generation included.
     ``povid`` is the same without ``embedded_world``: the real-scale entry point
     (``kedro run --env llava15 --pipeline povid``), where the raw data already exists.
+    ``ablation`` is in neither.
     """
     pipelines = _Pipelines(
         (name, importlib.import_module(f"povid_kedro.pipelines.{name}").create_pipeline())
-        for name in PIPELINES
+        for name in (*PIPELINES, *ON_REQUEST)
     )
     pipelines["povid"] = sum(
-        (p for n, p in pipelines.items() if n != "embedded_world"), Pipeline([])
+        (pipelines[n] for n in PIPELINES if n != "embedded_world"), Pipeline([])
     )
     pipelines["__default__"] = sum((pipelines[n] for n in PIPELINES), Pipeline([]))
     return pipelines
