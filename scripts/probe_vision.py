@@ -43,9 +43,9 @@ from PIL import Image  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 from torch import nn  # noqa: E402
-from transformers import CLIPVisionModel  # noqa: E402
+from transformers import CLIPVisionModel, LevitConfig, LevitModel  # noqa: E402
 
-from povid_kedro.experiments import project_parameters  # noqa: E402
+from povid_kedro.experiments import deep_merge, project_parameters  # noqa: E402
 from povid_kedro.metrics.cooccurrence import partner_categories  # noqa: E402
 from povid_kedro.modeling import load_model_dir  # noqa: E402
 from povid_kedro.world import WorldConfig, generate_world, validation_config  # noqa: E402
@@ -91,20 +91,49 @@ def probe_scores(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray) ->
     return np.stack(cols, 1)
 
 
+def _tower(model: Any, kind: str) -> tuple[nn.Module, int, Any]:
+    """A freshly initialised tower, its feature width and its image tokens of a batch.
+
+    ``clip``: the base model's own vision config (CLS dropped, as LLaVA's "default" feature
+    strategy does). ``levit``: LeViT's four stride-2 conv + BatchNorm stem (16 px, 36 tokens of
+    width 64) and its first attention stage, read after its subsampling (9 tokens of width 128,
+    one per grid cell of the world), about the base tower's cost.
+    """
+    if kind == "clip":
+        tower = CLIPVisionModel(model.config.vision_config)
+        return (
+            tower,
+            tower.config.hidden_size,
+            lambda p: tower(pixel_values=p).last_hidden_state[:, 1:],
+        )
+    size = model.config.vision_config.image_size
+    cfg = LevitConfig(
+        image_size=size,
+        patch_size=16,
+        hidden_sizes=[64, 128, 128],
+        num_attention_heads=[4, 4, 4],
+        depths=[2, 1, 1],
+        key_dim=[16, 16, 16],
+        mlp_ratio=[2, 2, 2],
+        attention_ratio=[2, 2, 2],
+    )
+    tower = LevitModel(cfg)
+    return tower, 128, lambda p: tower(pixel_values=p, output_hidden_states=True).hidden_states[1]
+
+
 def vit_scores(
-    model: Any, x: torch.Tensor, y_train: np.ndarray, xv: torch.Tensor, epochs: int
-) -> tuple[np.ndarray, CLIPVisionModel]:
-    """Per-category probability of presence from the base model's vision-tower architecture,
-    freshly initialised and trained on presence labels (AdamW, one-cycle lr 1e-3, batch 64);
-    and the trained tower."""
+    model: Any, x: torch.Tensor, y_train: np.ndarray, xv: torch.Tensor, epochs: int, kind: str
+) -> tuple[np.ndarray, nn.Module]:
+    """Per-category probability of presence from a vision-tower architecture (``kind``, see
+    :func:`_tower`), freshly initialised and trained on presence labels (AdamW, one-cycle lr
+    1e-3, batch 64), with a linear head on its max-pooled image tokens; and the trained tower."""
     torch.manual_seed(0)
-    tower = CLIPVisionModel(model.config.vision_config)
-    head = nn.Linear(model.config.vision_config.hidden_size, y_train.shape[1])
+    tower, width, tokens = _tower(model, kind)
+    head = nn.Linear(width, y_train.shape[1])
     y = torch.tensor(y_train, dtype=torch.float32)
 
     def logits(pixels: torch.Tensor) -> torch.Tensor:
-        # [:, 1:] drops CLS, as the LLaVA "default" feature strategy does
-        return head(tower(pixel_values=pixels).last_hidden_state[:, 1:].amax(1))
+        return head(tokens(pixels).amax(1))
 
     opt = torch.optim.AdamW([*tower.parameters(), *head.parameters()], 1e-3, weight_decay=0.01)
     per_epoch = len(x) // 64
@@ -224,14 +253,35 @@ def main() -> None:
     parser.add_argument(
         "--save-vit", type=Path, help="save the trained ViT's weights (a state dict) here"
     )
+    parser.add_argument(
+        "--tower",
+        choices=("clip", "levit"),
+        default="clip",
+        help="the architecture --vit-epochs trains: the base model's CLIP tower or a LeViT",
+    )
+    parser.add_argument(
+        "--world",
+        type=json.loads,
+        default=None,
+        help="JSON overrides of embedded_world: the training and validation images are "
+        "generated in memory from the changed world instead of read from --data",
+    )
     parser.add_argument("--cnn-epochs", type=int, default=0, help="0: no CNN ceiling")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
-    cfg = WorldConfig.from_dict(project_parameters()["embedded_world"])
+    world_params = project_parameters()["embedded_world"]
+    cfg = WorldConfig.from_dict(deep_merge(world_params, args.world or {}))
     world_dir = args.data / "01_raw" / "world"
-    partners = json.loads((world_dir / "partners.json").read_text())
-    scenes = json.loads((world_dir / "scenes.json").read_text())["train"][: args.train_images]
+    if args.world:
+        changed = generate_world(
+            dataclasses.replace(cfg, n_train_images=args.train_images, n_eval_images=1)
+        )
+        partners = changed.meta["partners"]
+        scenes = changed.scenes["train"]
+    else:
+        partners = json.loads((world_dir / "partners.json").read_text())
+        scenes = json.loads((world_dir / "scenes.json").read_text())["train"][: args.train_images]
     val = generate_world(validation_config(cfg, args.val_images))
     val_scenes = val.scenes["eval"]
     more_scenes, more_images = (
@@ -252,13 +302,20 @@ def main() -> None:
 
     y_train, y_val = labels(scenes), labels(val_scenes)
     train_images = [
-        Image.open(world_dir / "train2014" / s["file_name"]).convert("RGB") for s in scenes
+        changed.train_images[s["file_name"]]
+        if args.world
+        else Image.open(world_dir / "train2014" / s["file_name"]).convert("RGB")
+        for s in scenes
     ]
     val_images = [val.eval_images[s["file_name"]] for s in val_scenes]
 
     model, processor = load_model_dir(args.data / "06_models" / "base_model")
     model.eval()
-    report: dict[str, Any] = {"train_images": len(scenes), "val_images": len(val_scenes)}
+    report: dict[str, Any] = {
+        "train_images": len(scenes),
+        "val_images": len(val_scenes),
+        "world_overrides": args.world or {},
+    }
     # Preprocessed once: the probe and the ViT read the same pixel values.
     x_train, x_val = pixel_values(processor, train_images), pixel_values(processor, val_images)
     scores = probe_scores(model_features(model, x_train), y_train, model_features(model, x_val))
@@ -268,8 +325,9 @@ def main() -> None:
         if more_images:
             x_vit = torch.cat([x_train, pixel_values(processor, more_images)])
             y_vit = np.concatenate([y_train, labels(more_scenes)])
-        scores, tower = vit_scores(model, x_vit, y_vit, x_val, args.vit_epochs)
+        scores, tower = vit_scores(model, x_vit, y_vit, x_val, args.vit_epochs, args.tower)
         report["vit"] = {
+            "tower": args.tower,
             "epochs": args.vit_epochs,
             "train_images": len(x_vit),
             **trial_report(scores, y_val, index, partners),
