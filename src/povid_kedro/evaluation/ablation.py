@@ -25,7 +25,7 @@ import pandas as pd
 from povid_kedro.modeling.generate import generate
 from povid_kedro.params import deep_merge
 from povid_kedro.training import DPOTrainingConfig, train_stage1, train_stage2
-from povid_kedro.training.noise import GENERATED, NoiseConfig, add_diffusion_noise, noise_seed
+from povid_kedro.training.noise import GENERATED, NoiseConfig, noisy_image
 
 logger = logging.getLogger(__name__)
 
@@ -134,9 +134,7 @@ def free_answers_under_noise(
     for sample_id, path in zip(pairs["id"], pairs["image"], strict=True):
         if path not in clean:
             clean[path] = load_image(path).convert("RGB")
-        images.append(
-            add_diffusion_noise(clean[path], noise.step, noise_seed(noise.seed, sample_id))
-        )
+        images.append(noisy_image(clean[path], sample_id, noise))
     answers = generate(*model, images, list(pairs["prompt"]), **noise.generate)
     return pd.DataFrame({"id": pairs["id"].tolist(), "noisy_rejected": answers})
 

@@ -18,6 +18,7 @@ from povid_kedro.training.noise import (
     add_diffusion_noise,
     noise_scales,
     noise_seed,
+    noisy_image,
 )
 
 logger = logging.getLogger(__name__)
@@ -51,9 +52,7 @@ def make_noisy_images_node(
     for sample_id, path in zip(preference_pairs["id"], preference_pairs["image"], strict=True):
         if path not in clean:
             clean[path] = train_images.open(path).convert("RGB")
-        noisy[_noisy_name(sample_id)] = add_diffusion_noise(
-            clean[path], cfg.step, noise_seed(cfg.seed, sample_id)
-        )
+        noisy[_noisy_name(sample_id)] = noisy_image(clean[path], sample_id, cfg)
     signal, noise = noise_scales(cfg.step)
     logger.info(
         "noise_trigger: %d noisy images at k=%d (signal %.3f, noise %.3f)",
