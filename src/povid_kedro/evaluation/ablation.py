@@ -235,8 +235,8 @@ def summarise(results: Mapping[str, Any]) -> pd.DataFrame:
     """One line per row (the base model first): per metric the mean over seeds (``<m>``), the
     standard deviation over seeds (``<m>_std``) and the standard error of the mean
     (``<m>_se``); for CHAIR_s and the absent-partner rate also the mean sampling standard error
-    of one run (``<m>_sampling_se``). The base model is one run: its spread is 0 and its
-    standard error its sampling error."""
+    of one run (``<m>_sampling_se``). The base model is one run: no spread (NaN), and its
+    standard error is its sampling error where the metric has one."""
     lines = [{"row": BASE_ROW, "stages": "", "n_seeds": 1, **_stats([results["base"]])}]
     for name, row in results["rows"].items():
         metrics = [run["metrics"] for run in row["runs"]]
@@ -250,17 +250,17 @@ def _stats(runs: Sequence[Mapping[str, float]]) -> dict[str, float]:
     keys = [k for k, _ in COLUMNS if all(k in run for run in runs)]
     for key in keys:
         values = [float(run[key]) for run in runs]
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        # One run has no spread over seeds; its standard error is its images' sampling error
+        # where the metric has one, unknown elsewhere.
+        std = statistics.stdev(values) if len(values) > 1 else math.nan
         out[key] = statistics.fmean(values)
         out[f"{key}_std"] = std
         out[f"{key}_se"] = std / math.sqrt(len(values))
         if key in SAMPLING_SE and all(SAMPLING_SE[key] in run for run in runs):
-            out[f"{key}_sampling_se"] = statistics.fmean(float(r[SAMPLING_SE[key]]) for r in runs)
-    if len(runs) == 1:
-        # One run: its standard error is the sampling error of its images.
-        for key, se_key in SAMPLING_SE.items():
-            if f"{key}_sampling_se" in out:
-                out[f"{key}_se"] = out[f"{key}_sampling_se"]
+            sampling = statistics.fmean(float(r[SAMPLING_SE[key]]) for r in runs)
+            out[f"{key}_sampling_se"] = sampling
+            if len(values) == 1:
+                out[f"{key}_se"] = sampling
     return out
 
 
@@ -274,19 +274,21 @@ def ablation_markdown(table: pd.DataFrame, notes: Sequence[str] = ()) -> str:
         cells = [str(line["row"]), str(line["stages"] or "–"), str(line["n_seeds"])]
         for key, _ in columns:
             mean, std = line.get(key), line.get(f"{key}_std")
-            cells.append("–" if _missing(mean) else f"{mean:.3f} ± {std:.3f}")
+            text = "–" if _missing(mean) else f"{mean:.3f}"
+            cells.append(text if _missing(std) else f"{text} ± {std:.3f}")
         lines.append("| " + " | ".join(cells) + " |")
-    se_cols = [k for k, _ in columns if f"{k}_se" in table.columns]
+    se_cols = [(k, h) for k, h in columns if f"{k}_se" in table.columns]
     lines += [
         "",
-        "Standard errors of the mean over seeds (sampling error of one run's images in brackets):",
+        "Standard errors of the mean over seeds (in brackets: one run's sampling error over its "
+        "images; a single run's standard error is that sampling error):",
         "",
-        "| row | " + " | ".join(se_cols) + " |",
+        "| row | " + " | ".join(h for _, h in se_cols) + " |",
         "|" + "---|" * (len(se_cols) + 1),
     ]
     for line in table.to_dict("records"):
         cells = []
-        for key in se_cols:
+        for key, _ in se_cols:
             se, sampling = line.get(f"{key}_se"), line.get(f"{key}_sampling_se")
             text = "–" if _missing(se) else f"{se:.4f}"
             if not _missing(sampling):

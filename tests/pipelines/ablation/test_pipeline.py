@@ -185,6 +185,9 @@ def test_table_report_and_mlflow_metrics_carry_every_row_with_its_spread(ablated
     for row in ("base", *ROWS, "povid_k200"):
         assert f"| {row} |" in report
     assert f"{mean:.3f} ± {std:.3f}" in report
+    # The base model is one run: no spread over seeds is claimed for it.
+    base_line = next(line for line in report.splitlines() if line.startswith("| base | –"))
+    assert "±" not in base_line
     metrics = catalog.load("ablation_metrics")
     assert [p["step"] for p in metrics["povid.chair_s"]] == SEEDS
     assert metrics["base.chair_s"] == [{"step": 0, "value": results["base"]["chair_s"]}]
