@@ -14,7 +14,6 @@ from povid_kedro.datasets.image_folder import ImageFolderDataset
 from povid_kedro.evaluation.ablation import ablation_rows
 from povid_kedro.experiments import deep_merge, project_parameters
 from povid_kedro.modeling import (
-    ModelConfig,
     TokenizerConfig,
     build_model_and_processor,
     train_tokenizer,
@@ -22,24 +21,11 @@ from povid_kedro.modeling import (
 from povid_kedro.pipelines.ablation import create_pipeline
 from povid_kedro.schema import DESCRIPTION
 from povid_kedro.world import WorldConfig, generate_world
+from tests.support.slices import TINY_WORLD_MODEL, KeptDataset
 from tests.training.conftest import FAST
 
 SEEDS = [0, 1]
 N_VAL = 3
-TINY = ModelConfig(
-    image_size=project_parameters()["embedded_world"]["image_size"],
-    patch_size=16,
-    vision_hidden_size=32,
-    vision_layers=1,
-    vision_heads=2,
-    vision_intermediate_size=64,
-    text_hidden_size=48,
-    text_layers=1,
-    text_heads=2,
-    text_kv_heads=2,
-    text_intermediate_size=96,
-    max_position_embeddings=256,
-)
 ROWS = {
     "sft_only": {
         "stage1": {"hallucination_weight": 0},
@@ -52,13 +38,6 @@ ROWS = {
     },
     "povid": {},
 }
-
-
-class KeptDataset(MemoryDataset):
-    """A memory dataset the runner does not empty once its consumers have run."""
-
-    def _release(self) -> None:
-        pass
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +66,7 @@ def world(tmp_path_factory):
         [*chosen.values(), *pairs["rejected"], prompt, evaluate["pope_template"]],
         TokenizerConfig(vocab_size=400, min_frequency=1),
     )
-    return params, folder.load(), pairs, build_model_and_processor(TINY, tokenizer)
+    return params, folder.load(), pairs, build_model_and_processor(TINY_WORLD_MODEL, tokenizer)
 
 
 def _params(world_params):

@@ -12,7 +12,6 @@ from povid_kedro.datasets.image_folder import ImageFolderDataset
 from povid_kedro.evaluation.gate import WEIGHTS_TAG
 from povid_kedro.experiments import deep_merge, project_parameters
 from povid_kedro.modeling import (
-    ModelConfig,
     SFTRow,
     TokenizerConfig,
     TrainConfig,
@@ -24,31 +23,11 @@ from povid_kedro.modeling.hf_dir import weights_digest
 from povid_kedro.pipelines.evaluate import create_pipeline
 from povid_kedro.pipelines.evaluate.pipeline import MODELS
 from povid_kedro.world import WorldConfig, generate_world
+from tests.support.slices import TINY_WORLD_MODEL, KeptDataset
 
 N_IMAGES = 6
 PROMPT = project_parameters()["evaluate"]["description_prompt"]
 N_QUESTIONS = 4
-TINY = ModelConfig(
-    image_size=project_parameters()["embedded_world"]["image_size"],
-    patch_size=16,
-    vision_hidden_size=32,
-    vision_layers=1,
-    vision_heads=2,
-    vision_intermediate_size=64,
-    text_hidden_size=48,
-    text_layers=1,
-    text_heads=2,
-    text_kv_heads=2,
-    text_intermediate_size=96,
-    max_position_embeddings=256,
-)
-
-
-class KeptDataset(MemoryDataset):
-    """A memory dataset the runner does not empty once its consumers have run."""
-
-    def _release(self) -> None:
-        pass
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +46,7 @@ def world(tmp_path_factory):
         [*texts, evaluate["description_prompt"], evaluate["pope_template"]],
         TokenizerConfig(vocab_size=400, min_frequency=1),
     )
-    model, processor = build_model_and_processor(TINY, tokenizer)
+    model, processor = build_model_and_processor(TINY_WORLD_MODEL, tokenizer)
     # A few steps on the training descriptions, so the model says something to score.
     rows = [
         SFTRow(
