@@ -19,7 +19,7 @@ PIPELINES = (
     "evaluate",
 )
 # Run on request only, after a default run: `kedro run --pipeline ablation` trains every
-# ablation row for every seed (hours on 2 CPU cores).
+# ablation row for every seed (about an hour on 2 CPU cores).
 ON_REQUEST = ("ablation",)
 
 
