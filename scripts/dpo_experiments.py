@@ -44,14 +44,13 @@ from povid_kedro.hallucination.onpolicy import OnPolicyConfig, on_policy_pairs  
 from povid_kedro.ingest.images import ImageFolder  # noqa: E402
 from povid_kedro.metrics.chair import Chair  # noqa: E402
 from povid_kedro.modeling import load_model_dir  # noqa: E402
-from povid_kedro.pipelines.evaluate.nodes import (  # noqa: E402
-    answer_pope_node,
-    describe_eval_images_node,
-    score_node,
+from povid_kedro.pipelines.ablation.nodes import (  # noqa: E402
+    score_on_split,
+    validation_split_node,
 )
 from povid_kedro.training import DPOTrainingConfig, train_stage1, train_stage2  # noqa: E402
-from povid_kedro.training.noise import NoiseConfig  # noqa: E402
-from povid_kedro.world import WorldConfig, generate_world, validation_config  # noqa: E402
+from povid_kedro.training.noise import NoiseConfig, noise_fields  # noqa: E402
+from povid_kedro.world import WorldConfig  # noqa: E402
 from povid_kedro.world.formats import coco_instances  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,38 +75,19 @@ HEADLINE = (
 
 
 class ValidationSplit:
-    """The validation world's evaluation scenes, written once as images."""
+    """The validation world's evaluation scenes (the ablation pipeline's split), written once
+    as images."""
 
     def __init__(self, world_params: dict[str, Any], n_images: int, root: Path) -> None:
-        world = generate_world(validation_config(WorldConfig.from_dict(world_params), n_images))
+        images, self.truth = validation_split_node(world_params, {"validation_images": n_images})
         root.mkdir(parents=True, exist_ok=True)
-        for name, image in world.eval_images.items():
+        for name, image in images.items():
             image.save(root / name)
         self.images = ImageFolder(root)
-        self.world = world
-        self.partners = world.meta["partners"]
 
     def score(self, model: Any, processor: Any, params: dict[str, Any]) -> dict[str, float]:
         """The evaluate pipeline's headline row for one model on this split."""
-        pair = (model, processor)
-        captions = describe_eval_images_node(pair, self.images, self.world.instances, params)
-        pope = self.world.pope
-        answers = answer_pope_node(
-            pair, self.images, pope["random"], pope["popular"], pope["adversarial"], params
-        )
-        chair, _, row = score_node(
-            captions,
-            answers,
-            pope["random"],
-            pope["popular"],
-            pope["adversarial"],
-            self.world.instances,
-            self.world.captions,
-            self.world.synonyms,
-            self.partners,
-            {"skipped": "not run by the experiment driver"},
-            {"sentence_forms": self.world.description_grammar},
-        )
+        chair, row = score_on_split((model, processor), self.images, self.truth, params)
         self.last_degenerate = chair["degenerate"]["examples"][:5]
         return row
 
@@ -186,8 +166,7 @@ def run_variant(
         dpo[stage]["seed"] = seed
     cfg = DPOTrainingConfig.from_dict(dpo)
     noise_params = deep_merge(params["noise_trigger"], overrides.get("noise", {}))
-    noise_params.pop("figure", None)
-    noise = NoiseConfig.from_dict(noise_params)
+    noise = NoiseConfig.from_dict(noise_fields(noise_params))
     pairs = pd.read_parquet(data / "05_model_input" / "trl_preferences.parquet")
     out: dict[str, Any] = {"seed": seed}
     stage_pairs = {1: pairs, 2: pairs}

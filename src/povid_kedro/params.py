@@ -24,7 +24,7 @@ from povid_kedro.hallucination import InjectConfig
 from povid_kedro.ingest import IngestConfig
 from povid_kedro.modeling.config import GenerateConfig, ModelConfig, TokenizerConfig, TrainConfig
 from povid_kedro.training import DPOTrainingConfig
-from povid_kedro.training.noise import NoiseConfig
+from povid_kedro.training.noise import NoiseConfig, noise_fields
 from povid_kedro.world import WorldConfig
 
 
@@ -98,7 +98,7 @@ def _base_model(values: Mapping[str, Any]) -> None:
 
 
 def _noise(values: Mapping[str, Any]) -> None:
-    noise = _build(NoiseConfig, {k: v for k, v in values.items() if k != "figure"}, "")
+    noise = _build(NoiseConfig, noise_fields(values), "")
     _build(GenerateConfig, noise.generate, "generate")
 
 

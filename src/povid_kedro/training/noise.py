@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -111,6 +112,12 @@ def add_diffusion_noise(image: Image.Image, step: int, seed: int) -> Image.Image
     # The official code let uint8 wrap around (bright pixels turn dark); clamping keeps the meaning.
     pixels = (noisy.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
     return Image.fromarray(pixels)
+
+
+def noise_fields(group: Mapping[str, Any]) -> dict[str, Any]:
+    """The :class:`NoiseConfig` fields of a ``noise_trigger`` parameter group: its ``figure``
+    key drives only the noise figure node."""
+    return {k: v for k, v in group.items() if k != "figure"}
 
 
 def noisy_image(image: Image.Image, sample_id: str | int, cfg: NoiseConfig) -> Image.Image:

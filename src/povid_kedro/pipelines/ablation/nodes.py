@@ -21,6 +21,7 @@ from povid_kedro.pipelines.evaluate.nodes import (
     describe_eval_images_node,
     score_node,
 )
+from povid_kedro.training.noise import noise_fields
 from povid_kedro.world import WorldConfig, generate_world, validation_config
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,36 @@ def validation_split_node(
     return world.eval_images, truth
 
 
+def score_on_split(
+    model: tuple[Any, Any],
+    images: ImageFolder,
+    truth: dict[str, Any],
+    evaluate_params: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """One model on a split made by :func:`validation_split_node`, through the evaluate
+    pipeline's own node functions.
+
+    Returns:
+        The CHAIR result (with the degenerate descriptions) and the headline metrics row.
+    """
+    pope = truth["pope"]
+    splits = (pope["random"], pope["popular"], pope["adversarial"])
+    captions = describe_eval_images_node(model, images, truth["instances"], evaluate_params)
+    answers = answer_pope_node(model, images, *splits, evaluate_params)
+    chair, _, row = score_node(
+        captions,
+        answers,
+        *splits,
+        truth["instances"],
+        truth["captions"],
+        truth["synonyms"],
+        truth["partners"],
+        {"skipped": "not run on the validation split"},
+        {"sentence_forms": truth["sentence_forms"]},
+    )
+    return chair, row
+
+
 def run_ablation_node(
     base_model: tuple[Any, Any],
     trl_preferences: pd.DataFrame,
@@ -73,26 +104,9 @@ def run_ablation_node(
     evaluate = deep_merge(evaluate_params, {"max_images": None})
     if params.get("pope_questions"):
         evaluate["max_pope_questions"] = params["pope_questions"]
-    pope = validation_truth["pope"]
-    splits = (pope["random"], pope["popular"], pope["adversarial"])
 
     def score(model: tuple[Any, Any]) -> dict[str, float]:
-        captions = describe_eval_images_node(
-            model, validation_images, validation_truth["instances"], evaluate
-        )
-        answers = answer_pope_node(model, validation_images, *splits, evaluate)
-        _, _, row = score_node(
-            captions,
-            answers,
-            *splits,
-            validation_truth["instances"],
-            validation_truth["captions"],
-            validation_truth["synonyms"],
-            validation_truth["partners"],
-            {"skipped": "not part of the ablation"},
-            {"sentence_forms": validation_truth["sentence_forms"]},
-        )
-        return row
+        return score_on_split(model, validation_images, validation_truth, evaluate)[1]
 
     rows = ablation_rows(params["rows"], params.get("noise_steps") or (), params.get("only"))
     logger.info(
@@ -101,7 +115,6 @@ def run_ablation_node(
         len(params["seeds"]),
         len(validation_truth["instances"]["images"]),
     )
-    noise = {k: v for k, v in noise_params.items() if k != "figure"}
     results = run_ablation(
         base_model,
         trl_preferences,
@@ -110,7 +123,7 @@ def run_ablation_node(
         rows,
         params["seeds"],
         dpo_params,
-        noise,
+        noise_fields(noise_params),
     )
     return results, ablation_mlflow_metrics(results)
 

@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 
 from povid_kedro.ingest.images import ImageFolder
 from povid_kedro.training import DPOTrainingConfig, TrainReport, train_stage1, train_stage2
-from povid_kedro.training.noise import GENERATED, NoiseConfig
+from povid_kedro.training.noise import GENERATED, NoiseConfig, noise_fields
 
 _CURVES = ("loss", "margins", "accuracy")
 
@@ -87,7 +87,7 @@ def train_stage2_node(
         per-step metrics, and its training curves.
     """
     cfg = DPOTrainingConfig.from_dict(params)
-    noise = NoiseConfig.from_dict({k: v for k, v in noise_params.items() if k != "figure"})
+    noise = NoiseConfig.from_dict(noise_fields(noise_params))
     pairs = trl_preferences
     if noise.mode == GENERATED:
         pairs = pairs.merge(noisy_responses, on="id", how="left", validate="one_to_one")

@@ -16,6 +16,7 @@ from povid_kedro.training.noise import (
     GENERATED,
     NoiseConfig,
     add_diffusion_noise,
+    noise_fields,
     noise_scales,
     noise_seed,
     noisy_image,
@@ -25,8 +26,7 @@ logger = logging.getLogger(__name__)
 
 
 def _noise_config(params: dict[str, Any]) -> NoiseConfig:
-    # `figure` only drives the figure node; the rest is the noise itself.
-    return NoiseConfig.from_dict({k: v for k, v in params.items() if k != "figure"})
+    return NoiseConfig.from_dict(noise_fields(params))
 
 
 def _noisy_name(sample_id: str) -> str:
