@@ -16,11 +16,12 @@ from povid_kedro.modeling import (
     train_sft,
     train_tokenizer,
 )
+from tests.support.tiny import TINY_MODEL
 
 COLOURS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 230)}
 SHAPES = ("circle", "square")
 PROMPT = "<image>\nDescribe the image."
-IMAGE_SIZE = 32
+IMAGE_SIZE = TINY_MODEL.image_size  # the scenes are drawn at the tiny model's input size
 
 
 def make_scene(rng: random.Random) -> tuple[Image.Image, str]:
@@ -50,20 +51,7 @@ def tokenizer(scenes):
 
 @pytest.fixture(scope="session")
 def model_cfg() -> ModelConfig:
-    return ModelConfig(
-        image_size=IMAGE_SIZE,
-        patch_size=8,
-        vision_hidden_size=32,
-        vision_layers=1,
-        vision_heads=2,
-        vision_intermediate_size=64,
-        text_hidden_size=48,
-        text_layers=1,
-        text_heads=2,
-        text_kv_heads=2,
-        text_intermediate_size=96,
-        max_position_embeddings=128,
-    )
+    return TINY_MODEL
 
 
 @pytest.fixture()

@@ -10,7 +10,6 @@ import torch
 from PIL import Image
 
 from povid_kedro.modeling import (
-    ModelConfig,
     TokenizerConfig,
     build_model_and_processor,
     train_tokenizer,
@@ -18,21 +17,9 @@ from povid_kedro.modeling import (
 from povid_kedro.training.data import PairCollator, encode_pairs
 from povid_kedro.training.losses import sequence_logps, teacher_forced_noisy_logps
 from tests.modeling.conftest import PROMPT, make_scene
+from tests.support.tiny import TINY_MODEL
 
-MODEL_CFG = ModelConfig(
-    image_size=32,
-    patch_size=8,
-    vision_hidden_size=32,
-    vision_layers=1,
-    vision_heads=2,
-    vision_intermediate_size=64,
-    text_hidden_size=48,
-    text_layers=1,
-    text_heads=2,
-    text_kv_heads=2,
-    text_intermediate_size=96,
-    max_position_embeddings=128,
-)
+MODEL_CFG = TINY_MODEL
 
 # Few, fast steps: a high learning rate and a full-batch step on the 8 training pairs.
 FAST = {

@@ -21,7 +21,7 @@ from povid_kedro.modeling import (
 from povid_kedro.pipelines.ablation import create_pipeline
 from povid_kedro.schema import DESCRIPTION
 from povid_kedro.world import WorldConfig, generate_world
-from tests.support.slices import TINY_WORLD_MODEL, KeptDataset
+from tests.support.tiny import TINY_WORLD_MODEL, KeptDataset
 from tests.training.conftest import FAST
 
 SEEDS = [0, 1]

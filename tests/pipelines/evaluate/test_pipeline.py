@@ -23,7 +23,7 @@ from povid_kedro.modeling.hf_dir import weights_digest
 from povid_kedro.pipelines.evaluate import create_pipeline
 from povid_kedro.pipelines.evaluate.pipeline import MODELS
 from povid_kedro.world import WorldConfig, generate_world
-from tests.support.slices import TINY_WORLD_MODEL, KeptDataset
+from tests.support.tiny import TINY_WORLD_MODEL, KeptDataset
 
 N_IMAGES = 6
 PROMPT = project_parameters()["evaluate"]["description_prompt"]
