@@ -12,12 +12,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from povid_kedro.experiments import project_parameters
+from povid_kedro.modeling import build_model_and_processor, train_tokenizer
 from povid_kedro.modeling.config import ModelConfig, TokenizerConfig, TrainConfig
 from povid_kedro.training.config import Stage2Config, StageConfig
 from povid_kedro.training.noise import NoiseConfig
-from povid_kedro.world.config import PopeConfig, TextConfig, VisualConfig
+from povid_kedro.world.config import PopeConfig, TextConfig, VisualConfig, WorldConfig
 
 # Library defaults that are published values, while conf/base holds the values tuned for the
 # embedded default: a user at real scale starts from the paper's, not from the tiny world's.
@@ -98,3 +100,18 @@ def test_defaults_are_the_base_configuration(cls: type, path: tuple[str, ...]) -
         if _plain(default) != _plain(conf[field.name]):
             drifted[field.name] = (default, conf[field.name])
     assert not drifted, f"{cls.__name__} defaults differ from conf/base {'.'.join(path)}: {drifted}"
+
+
+def test_the_levit_environment_builds_its_tower_and_world():
+    # `kedro run --env levit`: the LeViT stem's 36 tokens on a world with larger glyphs.
+    params = project_parameters("levit")
+    cfg = ModelConfig.from_dict(params["base_model"]["model"])
+    world = WorldConfig.from_dict(params["embedded_world"])
+    assert cfg.vision_tower == "levit" and cfg.num_image_tokens == 36
+    assert world.sizes["large"] == (27, 30)
+    tokenizer = train_tokenizer(["a red cup.", "USER: <image>"], TokenizerConfig(vocab_size=64))
+    model, processor = build_model_and_processor(cfg, tokenizer)
+    image = Image.new("RGB", (world.image_size, world.image_size))
+    batch = processor(text=[processor.image_token], images=[image], return_tensors="pt")
+    assert int((batch["input_ids"] == model.config.image_token_id).sum()) == 36
+    assert model.model.get_image_features(batch["pixel_values"]).pooler_output[0].shape[0] == 36

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import pandas as pd
@@ -11,7 +12,7 @@ import torch
 from transformers import LlavaForConditionalGeneration, TrainerCallback
 
 from povid_kedro.experiments import project_parameters
-from povid_kedro.modeling import load_model_dir
+from povid_kedro.modeling import build_model_and_processor, load_model_dir
 from povid_kedro.training import (
     DPOTrainingConfig,
     NonFiniteLossError,
@@ -20,7 +21,7 @@ from povid_kedro.training import (
     train_stage2,
 )
 from povid_kedro.training.noise import NoiseConfig
-from tests.training.conftest import FAST, margins
+from tests.training.conftest import FAST, MODEL_CFG, margins
 
 NOISE = NoiseConfig(step=300, seed=3)
 
@@ -305,3 +306,27 @@ def test_task_mix_draws_the_steps_pairs_by_share(fresh, pairs, load_image, caplo
     assert report.n_train_pairs == 8
     assert "8 pairs for the steps by task_mix: {'description': 4, 'vqa': 4}" in caplog.text
     assert report.n_unused_pairs == int((many["split"] == "train").sum()) - 8
+
+
+def test_levit_batchnorm_statistics_stay_frozen_and_the_first_step_matches_the_reference(
+    tokenizer, pairs, load_image
+):
+    # LeViT's BatchNorm layers do not train under LoRA: their running statistics must not learn
+    # from DPO batches (noisy images included), and the policy must normalise as the cached
+    # reference did, so the first step's margins are those of two equal models: zero.
+    cfg = dataclasses.replace(MODEL_CFG, vision_tower="levit", image_size=64, patch_size=16)
+    model, processor = build_model_and_processor(cfg, tokenizer)
+    model.train()
+    with torch.no_grad():  # non-trivial running statistics, as a trained base model has
+        model.model.vision_tower(torch.randn(8, 3, 64, 64) * 2 + 1)
+    model.eval()
+    before = {n: b.clone() for n, b in model.named_buffers() if "running" in n}
+    assert before
+    merged, report = train_stage2(model, processor, pairs, load_image, FAST, NOISE)
+    after = dict(merged.named_buffers())
+    for name, value in before.items():
+        assert torch.equal(after[name], value), name
+    first = report.step_metrics[0]
+    assert first["hallucination/margins"] == pytest.approx(0.0, abs=1e-5)
+    assert first["noise/margins"] == pytest.approx(0.0, abs=1e-5)
+    assert report.step_metrics[-1]["hallucination/margins"] > 1e-3  # and then it learns

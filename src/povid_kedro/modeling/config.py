@@ -48,15 +48,21 @@ class TokenizerConfig:
 
 @dataclass
 class ModelConfig:
-    """Sizes of the tiny ``LlavaForConditionalGeneration`` (CLIP vision tower + Llama LM).
+    """Sizes of the tiny ``LlavaForConditionalGeneration`` (CLIP or LeViT vision tower + Llama LM).
 
     The defaults are the embedded default's model (``conf/base/parameters_base_model.yml``):
     ≈0.8 M parameters with a ~900-token vocabulary, 96×96 images in 16-px patches, i.e. 36
     image tokens.
 
     Attributes:
+        vision_tower: ``clip`` (a ViT: one token per ``patch_size`` patch, CLS dropped) or
+            ``levit`` (transformers' LeViT: four stride-2 conv + BatchNorm layers down to 16 px
+            patches, ``vision_layers`` attention blocks, then one attention subsampling to half
+            the resolution and twice the width). ``vision_feature_layer`` 0 reads the stem's
+            tokens (36 for 96 px images), -1 the subsampled ones (9). Its BatchNorm statistics
+            stay frozen in DPO.
         image_size: Side of the square input image in pixels (the image processor resizes to it).
-        patch_size: Side of a vision patch; ``(image_size / patch_size)²`` image tokens.
+        patch_size: Side of a vision patch (of the stem, for ``levit``).
         vision_hidden_size: Width of the vision transformer.
         vision_layers: Depth of the vision transformer.
         vision_heads: Attention heads of the vision transformer.
@@ -76,6 +82,7 @@ class ModelConfig:
         seed: Seed of the weight initialisation.
     """
 
+    vision_tower: str = "clip"
     image_size: int = 96
     patch_size: int = 16  # conf/base: 16 px patches tile the 32 px grid cells
     vision_hidden_size: int = 64
@@ -96,15 +103,45 @@ class ModelConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.vision_tower not in ("clip", "levit"):
+            raise ValueError(f"vision_tower must be 'clip' or 'levit', got {self.vision_tower!r}")
+        if self.vision_tower == "levit" and self.patch_size != 16:
+            raise ValueError(
+                f"levit: patch_size must be 16 (its stem is four stride-2 convolutions), got "
+                f"{self.patch_size}"
+            )
+        if self.vision_tower == "levit" and self.vision_feature_layer not in (-1, 0, 1):
+            raise ValueError(
+                "levit: vision_feature_layer must be 0 (the convolutional stem's tokens) or -1 / 1 "
+                f"(after the attention stage and its subsampling), got {self.vision_feature_layer}"
+            )
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
             )
+        if self.image_size % self.token_grid:
+            raise ValueError(
+                f"levit: image_size {self.image_size} is not a multiple of its {self.token_grid} "
+                "image-token rows; pick an image_size / patch_size that is even"
+            )
+
+    @property
+    def token_grid(self) -> int:
+        """Image tokens per row: one per patch (``clip``), one per two patches (``levit``)."""
+        side = self.image_size // self.patch_size
+        if self.vision_tower == "clip" or self.vision_feature_layer == 0:
+            return side
+        return (side - 1) // 2 + 1
+
+    @property
+    def token_patch_size(self) -> int:
+        """Pixels per image token along a side (what the processor's ``patch_size`` must be)."""
+        return self.image_size // self.token_grid
 
     @property
     def num_image_tokens(self) -> int:
-        """Image tokens per image: one per patch (the CLS token is dropped)."""
-        return (self.image_size // self.patch_size) ** 2
+        """Image tokens per image (CLIP's CLS token is dropped)."""
+        return self.token_grid**2
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> ModelConfig:

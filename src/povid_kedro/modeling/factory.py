@@ -1,9 +1,9 @@
 """Build the tiny LLaVA (model + processor) from a :class:`ModelConfig` and a trained tokenizer.
 
-The model is the stock ``LlavaForConditionalGeneration`` (a CLIP vision tower, a 2-layer GELU
-projector, a Llama language model) and the processor the stock ``LlavaProcessor``, so everything
-downstream (trl, peft, ``save_pretrained``, ``AutoModelForImageTextToText``) treats it exactly like
-``llava-hf/llava-1.5-7b-hf``.
+The model is the stock ``LlavaForConditionalGeneration`` (a CLIP or LeViT vision tower, a 2-layer
+GELU projector, a Llama language model) and the processor the stock ``LlavaProcessor``, so
+everything downstream (trl, peft, ``save_pretrained``, ``AutoModelForImageTextToText``) treats it
+exactly like ``llava-hf/llava-1.5-7b-hf``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import logging
 import torch
 from transformers import (
     CLIPVisionConfig,
+    LevitConfig,
     LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
@@ -56,6 +57,57 @@ def build_image_processor(cfg: ModelConfig):
     )
 
 
+def _feature_strategy(cfg: ModelConfig) -> str:
+    # "default" drops CLIP's CLS feature; LeViT has none, so all its tokens are kept.
+    return "default" if cfg.vision_tower == "clip" else "full"
+
+
+def _feature_layer(cfg: ModelConfig, vision: CLIPVisionConfig | LevitConfig) -> int:
+    # LLaVA passes the layer index on as `output_hidden_states`, where 0 reads as False and no
+    # hidden states come back: LeViT's stem (hidden state 0 of len(depths) + 1) is named from
+    # the end instead.
+    if cfg.vision_tower == "levit" and cfg.vision_feature_layer == 0:
+        return -(len(vision.depths) + 1)
+    return cfg.vision_feature_layer
+
+
+def _vision_config(cfg: ModelConfig) -> CLIPVisionConfig | LevitConfig:
+    """The vision tower's config: a CLIP ViT, or a two-stage LeViT (read at its stem or after
+    its subsampling, by ``vision_feature_layer``)."""
+    if cfg.vision_tower == "clip":
+        return CLIPVisionConfig(
+            hidden_size=cfg.vision_hidden_size,
+            intermediate_size=cfg.vision_intermediate_size,
+            num_hidden_layers=cfg.vision_layers,
+            num_attention_heads=cfg.vision_heads,
+            image_size=cfg.image_size,
+            patch_size=cfg.patch_size,
+            projection_dim=cfg.vision_hidden_size,
+            hidden_act="gelu",
+        )
+    key_dim = cfg.vision_hidden_size // cfg.vision_heads
+    mlp_ratio = cfg.vision_intermediate_size // cfg.vision_hidden_size
+    width = 2 * cfg.vision_hidden_size
+    # The second stage has no blocks: its input, the first stage's subsampled output, is the
+    # last hidden state, so vision_feature_layer -1 reads it.
+    vision = LevitConfig(
+        image_size=cfg.image_size,
+        patch_size=cfg.patch_size,
+        hidden_sizes=[cfg.vision_hidden_size, width],
+        num_attention_heads=[cfg.vision_heads, width // key_dim],
+        depths=[cfg.vision_layers, 0],
+        key_dim=[key_dim, key_dim],
+        mlp_ratio=[mlp_ratio, mlp_ratio],
+        attention_ratio=[2, 2],
+        down_ops=[["Subsample", key_dim, cfg.vision_hidden_size // key_dim, 4, mlp_ratio, 2]],
+        drop_path_rate=0,
+    )
+    # The projector's input width (LlavaMultiModalProjector reads it): the stem's or the
+    # subsampled tokens'.
+    vision.hidden_size = cfg.vision_hidden_size if cfg.vision_feature_layer == 0 else width
+    return vision
+
+
 def build_llava_config(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast) -> LlavaConfig:
     """The ``LlavaConfig`` of the tiny model.
 
@@ -66,16 +118,7 @@ def build_llava_config(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast) -> 
     Returns:
         A ``LlavaConfig`` whose image token id and sequence length match the processor.
     """
-    vision = CLIPVisionConfig(
-        hidden_size=cfg.vision_hidden_size,
-        intermediate_size=cfg.vision_intermediate_size,
-        num_hidden_layers=cfg.vision_layers,
-        num_attention_heads=cfg.vision_heads,
-        image_size=cfg.image_size,
-        patch_size=cfg.patch_size,
-        projection_dim=cfg.vision_hidden_size,
-        hidden_act="gelu",
-    )
+    vision = _vision_config(cfg)
     text = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=cfg.text_hidden_size,
@@ -96,8 +139,8 @@ def build_llava_config(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast) -> 
         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         image_seq_length=cfg.num_image_tokens,
         projector_hidden_act="gelu",
-        vision_feature_select_strategy="default",
-        vision_feature_layer=cfg.vision_feature_layer,
+        vision_feature_select_strategy=_feature_strategy(cfg),
+        vision_feature_layer=_feature_layer(cfg, vision),
         tie_word_embeddings=cfg.tie_word_embeddings,
     )
 
@@ -114,12 +157,13 @@ def build_processor(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast) -> Lla
     """
     # "default" drops CLIP's CLS feature; the processor counts it as an additional token and
     # subtracts it again, so without num_additional_image_tokens=1 it would emit one token short.
+    clip = cfg.vision_tower == "clip"
     return LlavaProcessor(
         image_processor=build_image_processor(cfg),
         tokenizer=tokenizer,
-        patch_size=cfg.patch_size,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
+        patch_size=cfg.token_patch_size,
+        vision_feature_select_strategy=_feature_strategy(cfg),
+        num_additional_image_tokens=1 if clip else 0,
         chat_template=tokenizer.chat_template,
         image_token=IMAGE_TOKEN,
     )

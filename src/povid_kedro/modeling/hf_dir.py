@@ -46,13 +46,24 @@ def expected_image_tokens(config: Any) -> int:
         config: A LLaVA-style config with ``vision_config`` and ``vision_feature_select_strategy``.
 
     Returns:
-        ``(image_size / patch_size)²``, plus the CLS feature when the strategy is ``"full"``.
+        ``(image_size / patch_size)²``, plus the CLS feature when the strategy is ``"full"``
+        (LeViT: its grid after the subsamplings before the feature layer, no CLS).
     """
     vision = config.vision_config
     size, patch = vision.image_size, vision.patch_size
     height, width = (size, size) if isinstance(size, int) else tuple(size)
     patch_h, patch_w = (patch, patch) if isinstance(patch, int) else tuple(patch)
-    n = (height // patch_h) * (width // patch_w)
+    rows, cols = height // patch_h, width // patch_w
+    if getattr(vision, "model_type", None) == "levit":
+        # Each stage before the feature layer that ends in a subsampling divides the grid by
+        # its stride (transformers' LevitStage: (resolution - 1) // stride + 1).
+        layer = config.vision_feature_layer
+        stages = layer if layer >= 0 else len(vision.depths) + 1 + layer
+        for op in vision.down_ops[:stages]:
+            if op and op[0] == "Subsample":
+                rows, cols = (rows - 1) // op[5] + 1, (cols - 1) // op[5] + 1
+        return rows * cols  # no CLS token
+    n = rows * cols
     if getattr(config, "vision_feature_select_strategy", "default") == "full":
         n += 1
     return n

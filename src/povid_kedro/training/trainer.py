@@ -188,6 +188,18 @@ class TrainReport:
         return out
 
 
+def _freeze_norm_statistics(model: torch.nn.Module) -> None:
+    """Put every BatchNorm whose parameters do not train into eval mode (after the Trainer's
+    ``model.train()``), so a frozen vision tower such as LeViT's neither updates its running
+    statistics from DPO batches (noisy images included) nor normalises with batch statistics,
+    which would make the policy differ from the cached reference before the first update."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not any(
+            p.requires_grad for p in module.parameters()
+        ):
+            module.eval()
+
+
 class POVIDTrainer(DPOTrainer):
     """trl's ``DPOTrainer`` with POVID's branches, batched forwards and a reference cache.
 
@@ -491,6 +503,8 @@ class POVIDTrainer(DPOTrainer):
         self, model: Any, inputs: dict[str, torch.Tensor], return_outputs: bool
     ) -> Any:
         mode = "train" if self.model.training else "eval"
+        if mode == "train":
+            _freeze_norm_statistics(model)
         terms = self.sequence_terms(model, inputs, reference=False)
         policy, lengths = self.branch_logps(terms)
         if all(f"ref_{key}" in inputs for key in policy):
