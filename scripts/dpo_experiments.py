@@ -1,7 +1,7 @@
 """Compare DPO-stage variants on the embedded world's validation split, over seeds.
 
 An experiment driver for choosing ``dpo_training`` defaults. It reads the project's parameters
-with Kedro's own config loader (``conf/base`` + ``conf/local``), the base model, pairs and images
+with Kedro's own config loader (``conf/base`` + ``conf/local``, or ``--env``), the base model, pairs and images
 a ``kedro run`` left in ``data/``, and for every variant (a name -> parameter overrides) and
 seed trains the stages with the library functions the ``dpo_training`` nodes call, then scores
 the model with the ``evaluate`` pipeline's own node functions (CHAIR, POPE, co-occurrence,
@@ -217,11 +217,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", action="store_true", help="also score the base model")
     parser.add_argument("--data", type=Path, default=ROOT / "data", help="a kedro run's data/")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--env", default=None, help="Kedro environment over conf/base (default: conf/local)"
+    )
     parser.add_argument("--out", type=Path, help="write the results JSON here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
-    params = project_parameters()
+    params = project_parameters(args.env)
     if args.pope_questions:
         params["evaluate"]["max_pope_questions"] = args.pope_questions
     with tempfile.TemporaryDirectory(prefix="povid-val-") as tmp:
