@@ -1,12 +1,13 @@
 """Compare DPO-stage variants on the embedded world's validation split, over seeds.
 
 An experiment driver for choosing ``dpo_training`` defaults. It reads the project's parameters
-with Kedro's own config loader (``conf/base`` + ``conf/local``, or ``--env``), the base model, pairs and images
-a ``kedro run`` left in ``data/``, and for every variant (a name -> parameter overrides) and
-seed trains the stages with the library functions the ``dpo_training`` nodes call, then scores
-the model with the ``evaluate`` pipeline's own node functions (CHAIR, POPE, co-occurrence,
-degenerate descriptions) on a **validation split**: the evaluation scenes of the world's
-validation seed (``povid_kedro.world.validation_config``), never the evaluation split itself.
+with Kedro's own config loader (``conf/base`` + ``conf/local``, or ``--env``), the base model,
+pairs and images a ``kedro run`` left in ``data/``, and for every variant (a name -> parameter
+overrides) and seed trains the stages with the library functions the ``dpo_training`` nodes
+call, then scores the model with the ``evaluate`` pipeline's own node functions (CHAIR, POPE,
+co-occurrence, degenerate descriptions) on a **validation split**: the evaluation scenes of the
+world's validation seed (``povid_kedro.world.validation_config``), never the evaluation split
+itself.
 
     .venv/bin/python scripts/dpo_experiments.py --seeds 0 1 2 \\
         --variant 'sft_only={"stage1": {"hallucination_weight": 0}, "stage2": \\
