@@ -143,6 +143,7 @@ def _make_on_policy(
         ids,
         cfg,
         grammar["sentence_forms"],
+        json.loads((data / "01_raw" / "world" / "partners.json").read_text()),
     )
     # Every train description pair is replaced (also those of images not sampled).
     kept = pairs[~((pairs["task_type"] == "description") & (pairs["split"] == "train"))]

@@ -58,6 +58,9 @@ def test_world_and_ingest_run_in_a_kedro_session_and_track_to_mlflow(project: Pa
     assert metrics["ingest.rows_valid"] == len(train) + len(evaluation)
     assert metrics["ingest.records_quarantined"] == 0
     assert "ingest_ground_truth.eval_fraction" in runs[0].data.params
+    # Each node's wall time and peak memory, recorded by the project's hook.
+    assert 0 < metrics["node.ingest_ground_truth_node.seconds"] < 600
+    assert 50 < metrics["node.ingest_ground_truth_node.peak_rss_mb"] < 24 * 1024
 
     # inject_hallucinations on the embedded default: rules, no network
     run_pipeline(project, "inject_hallucinations")

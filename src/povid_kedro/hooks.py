@@ -6,13 +6,16 @@ import fcntl
 import json
 import logging
 import os
+import resource
 import signal
 import socket
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import mlflow
 from kedro.framework.hooks import hook_impl
 from kedro.io import DataCatalog
 from kedro.pipeline import Node, Pipeline
@@ -73,22 +76,67 @@ class UpstreamCheckHooks:
             )
 
 
+class _PeakRss:
+    """The largest resident set size of this process while it runs, sampled by a thread (Linux
+    ``/proc``; elsewhere the process's lifetime peak from ``getrusage``)."""
+
+    _STATM = Path("/proc/self/statm")
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self._interval = interval
+        self._peak = self._now()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _now(self) -> int:
+        try:
+            return int(self._STATM.read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._peak = max(self._peak, self._now())
+
+    def stop(self) -> float:
+        """Stop sampling; the peak in MiB."""
+        self._stop.set()
+        self._thread.join()
+        return max(self._peak, self._now()) / 2**20
+
+
 class NodeTimerHooks:
-    """Log how long each node took, and a summary at the end of the run."""
+    """Wall time and peak resident memory of each node: logged, and recorded in the run's MLflow
+    run as ``node.<name>.seconds`` and ``node.<name>.peak_rss_mb``."""
 
     def __init__(self) -> None:
-        self._started: dict[str, float] = {}
+        self._started: dict[str, tuple[float, _PeakRss]] = {}
         self._seconds: dict[str, float] = {}
 
     @hook_impl
     def before_node_run(self, node: Node) -> None:
-        self._started[node.name] = time.perf_counter()
+        self._started[node.name] = (time.perf_counter(), _PeakRss())
 
     @hook_impl
     def after_node_run(self, node: Node) -> None:
-        seconds = time.perf_counter() - self._started.pop(node.name, time.perf_counter())
+        self._finish(node)
+
+    @hook_impl
+    def on_node_error(self, node: Node) -> None:
+        self._finish(node)
+
+    def _finish(self, node: Node) -> None:
+        if node.name not in self._started:
+            return
+        start, rss = self._started.pop(node.name)
+        seconds, peak = time.perf_counter() - start, rss.stop()
         self._seconds[node.name] = seconds
-        logger.info("node %s took %.1f s", node.name, seconds)
+        logger.info("node %s took %.1f s, peak memory %.0f MiB", node.name, seconds, peak)
+        if mlflow.active_run() is not None:
+            mlflow.log_metrics(
+                {f"node.{node.name}.seconds": seconds, f"node.{node.name}.peak_rss_mb": peak}
+            )
 
     @hook_impl
     def after_pipeline_run(self) -> None:

@@ -58,6 +58,8 @@ class EvaluateParams(_Strict):
     pope_template: str
     pope_generation: dict[str, Any]
     max_images: PositiveInt | None = None
+    sample_images: PositiveInt | None = None
+    sample_seed: int = 0
     max_pope_questions: PositiveInt | None = None
     mmhal: _Mmhal
     gate: _Gate

@@ -44,3 +44,21 @@ def test_max_extra_objects_keeps_only_pairs_that_name_as_many_objects():
     scored = [_s(0, 2), _s(3, 1), _s(1, 1)]
     assert _pick(scored, gap=1) == (0, 1)
     assert _pick(scored, gap=1, max_extra=0) == (0, 2)
+
+
+def _p(errors: int, hallucinated: int, correct: int) -> dict:
+    return _s(hallucinated, correct) | {"partner_errors": errors}
+
+
+def test_partner_pairs_are_chosen_on_partner_errors():
+    # Sample 0 hallucinates nothing but misses the present partner (1 error); sample 1 names it
+    # and one absent non-partner object; sample 2 names it and nothing false.
+    scored = [_p(1, 0, 2), _p(0, 1, 3), _p(0, 0, 3)]
+    assert _pick(scored, gap=1, error="partner_errors") == (2, 0)
+
+
+def test_partner_pairs_never_prefer_more_hallucination_or_fewer_true_objects():
+    # Fewer partner errors bought with another hallucinated object, or with fewer true objects,
+    # is no pair.
+    assert _pick([_p(0, 1, 2), _p(1, 0, 2)], gap=1, error="partner_errors") is None
+    assert _pick([_p(0, 0, 1), _p(1, 0, 2)], gap=1, error="partner_errors") is None

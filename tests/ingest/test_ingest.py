@@ -143,12 +143,20 @@ def test_bad_record_goes_to_quarantine_with_reason(image_root, cfg, record, reas
     assert row["message"].startswith("detail[1]")  # names the file and record
 
 
-def test_duplicate_ids_keep_the_first_and_name_it(image_root, cfg):
-    files = {"a": [_record("same", "img0.png")], "b": [_record("same", "img1.png")]}
+def test_duplicate_ids_in_one_file_keep_the_first_and_name_it(image_root, cfg):
+    files = {"a": [_record("same", "img0.png"), _record("same", "img1.png")]}
     table, quarantine = read_records(files, ImageFolder(image_root), cfg)
     assert table["image"].tolist() == ["img0.png"]
     assert quarantine.iloc[0]["reason"] == "duplicate_id"
     assert "a[0]" in quarantine.iloc[0]["message"]
+
+
+def test_an_id_shared_by_two_files_is_qualified_by_the_later_file(image_root, cfg):
+    # LLaVA-Instruct's detail_23k and complex_reasoning_77k both key records by image id.
+    files = {"a": [_record("same", "img0.png")], "b": [_record("same", "img0.png")]}
+    table, quarantine = read_records(files, ImageFolder(image_root), cfg)
+    assert table["id"].tolist() == ["same", "b-same"]
+    assert quarantine.empty
 
 
 def _two_turns(rec_id: str, image: str) -> dict:

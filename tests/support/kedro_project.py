@@ -33,10 +33,15 @@ def make_project(where: Path) -> Path:
     return where
 
 
-def run_pipeline(project: Path, pipeline: str, runtime_params: dict[str, Any] | None = None):
-    """``kedro run --pipeline <pipeline>`` in-process, on the small world."""
+def run_pipeline(
+    project: Path,
+    pipeline: str,
+    runtime_params: dict[str, Any] | None = None,
+    env: str | None = None,
+):
+    """``kedro run --pipeline <pipeline> [--env <env>]`` in-process, on the small world."""
     params = {**SMALL_WORLD, **(runtime_params or {})}
-    with KedroSession.create(project_path=project, runtime_params=params) as session:
+    with KedroSession.create(project_path=project, runtime_params=params, env=env) as session:
         outputs = session.run(pipeline_names=[pipeline])
     # kedro-mlflow 2.0.3 re-enters its run once per node (for threaded runners) and closes it
     # once, which leaves it on mlflow's stack in this process; a CLI run ends with its process.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import posixpath
+import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -37,6 +38,7 @@ def describe_images(
     prompt: str,
     generation: Mapping[str, Any],
     limit: int | None = None,
+    sample: tuple[int, int] | None = None,
 ) -> list[dict[str, Any]]:
     """Generate a description of every evaluation image listed in COCO ``instances``.
 
@@ -48,11 +50,17 @@ def describe_images(
         prompt: The instruction, with ``<image>``.
         generation: Keyword arguments of :func:`povid_kedro.modeling.generate.generate`.
         limit: Describe only the first ``limit`` images (by id).
+        sample: ``(size, seed)``: describe a seeded random sample of ``size`` images (the same
+            instances file gives the same images), in id order.
 
     Returns:
         ``{"image_id", "image", "caption"}`` per image, the CHAIR tool's caption format.
     """
     entries = sorted(instances.get("images", []), key=lambda e: e["id"])[:limit]
+    if sample is not None and sample[0] < len(entries):
+        size, seed = sample
+        picked = random.Random(seed).sample(range(len(entries)), size)
+        entries = [entries[i] for i in sorted(picked)]
     if not entries:
         raise ValueError(
             "the evaluation set is empty: the COCO instances file lists no image "

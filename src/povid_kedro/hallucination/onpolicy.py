@@ -6,6 +6,11 @@ Ground truth against a rewrite of it is a pair of two answers the model never wr
 image's annotated objects, and the pair is (least hallucinated, most hallucinated) under one
 condition that keeps DPO from learning to say less: the chosen answer names at least as many
 true objects as the rejected one.
+
+With ``target: partner`` the pair is about the co-occurrence partners of the image's objects
+instead: chosen names the partners that are present and not those that are absent more often
+than rejected does. Pairs come from both directions (an absent partner named; a present partner
+left out), so the only way to prefer the chosen answer on both is to look at the image.
 """
 
 from __future__ import annotations
@@ -13,12 +18,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 from PIL import Image
 
 from povid_kedro.metrics.chair import Chair
+from povid_kedro.metrics.cooccurrence import partner_categories
 from povid_kedro.metrics.degenerate import DegenerateChecker
 from povid_kedro.modeling.generate import generate
 
@@ -41,6 +47,8 @@ class OnPolicyConfig:
         max_extra_objects: Rejected may name at most this many more distinct objects than
             chosen (``None``: no bound). At 0 a pair can only be told apart by *which* objects
             are named, never by naming fewer.
+        target: ``chair``: pair on hallucinated objects; ``partner``: pair on partner errors
+            (absent partners named plus present partners left out), needs the partner map.
     """
 
     samples_per_image: int = 4
@@ -51,22 +59,39 @@ class OnPolicyConfig:
     seed: int = 0
     min_hallucination_gap: int = 1
     max_extra_objects: int | None = None
+    target: Literal["chair", "partner"] = "chair"
 
 
 def _pick(
-    scored: Sequence[Mapping[str, Any]], gap: int, max_extra: int | None = None
+    scored: Sequence[Mapping[str, Any]],
+    gap: int,
+    max_extra: int | None = None,
+    error: str = "hallucinated",
 ) -> tuple[int, int] | None:
-    """Indices (chosen, rejected) of one image's scored samples, or ``None``."""
+    """Indices (chosen, rejected) of one image's scored samples, or ``None``.
+
+    ``error`` is the count the pair is about; the chosen answer never hallucinates more
+    objects nor names fewer true ones than the rejected.
+    """
     usable = [i for i, s in enumerate(scored) if not s["degenerate"]]
     if len(usable) < 2:
         return None
-    # Chosen: fewest hallucinations, then most true objects, then the first drawn.
-    chosen = min(usable, key=lambda i: (scored[i]["hallucinated"], -scored[i]["correct"], i))
+    # Chosen: fewest errors, fewest hallucinations, then most true objects, then the first drawn.
+    chosen = min(
+        usable,
+        key=lambda i: (
+            scored[i][error],
+            scored[i]["hallucinated"],
+            -scored[i]["correct"],
+            i,
+        ),
+    )
     c = scored[chosen]
     rivals = [
         i
         for i in usable
-        if scored[i]["hallucinated"] >= c["hallucinated"] + gap
+        if scored[i][error] >= c[error] + gap
+        and scored[i]["hallucinated"] >= c["hallucinated"]
         and scored[i]["correct"] <= c["correct"]
         and (
             max_extra is None
@@ -76,10 +101,10 @@ def _pick(
     ]
     if not rivals:
         return None
-    # Rejected: most hallucinations, then the closest length (so length is not the signal).
+    # Rejected: most errors, then the closest length (so length is not the signal).
     rejected = max(
         rivals,
-        key=lambda i: (scored[i]["hallucinated"], -abs(scored[i]["words"] - c["words"]), -i),
+        key=lambda i: (scored[i][error], -abs(scored[i]["words"] - c["words"]), -i),
     )
     return chosen, rejected
 
@@ -93,6 +118,7 @@ def on_policy_pairs(
     image_ids: Mapping[str, Any],
     cfg: OnPolicyConfig,
     sentence_forms: Sequence[str] = (),
+    partners: Mapping[str, str | None] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, float]]:
     """Sample, score and pair the model's descriptions of each sample's image.
 
@@ -105,12 +131,15 @@ def on_policy_pairs(
         image_ids: Image path -> the image id ``truth`` knows it by.
         cfg: Sampling and pairing settings.
         sentence_forms: The data's sentence forms (degenerate samples are never paired).
+        partners: Category -> its usual companion (``target: partner`` only).
 
     Returns:
         The pairs (``id, image, prompt, chosen, rejected, split, task_type`` plus the
         hallucination counts of both sides) and counts: images, pairs, images without a pair,
         mean hallucinated and correct objects of chosen and rejected.
     """
+    if cfg.target == "partner" and not partners:
+        raise ValueError("on-policy target 'partner' needs the co-occurrence partner map")
     missing = sorted(set(samples["image"]) - set(image_ids))
     if missing:
         raise ValueError(
@@ -146,16 +175,22 @@ def on_policy_pairs(
         for j in range(n * k, (n + 1) * k):
             caption = per_caption[j]
             gt = set(caption["gt_objects"])
+            named = set(caption["objects"])
+            companions = partner_categories(gt, partners or {})
             scored.append(
                 {
                     "text": texts[j].strip(),
                     "hallucinated": len({m["object"] for m in caption["hallucinated"]}),
-                    "correct": len(set(caption["objects"]) & gt),
+                    "correct": len(named & gt),
                     "words": caption["n_words"],
                     "degenerate": checker.reason(texts[j]) is not None,
+                    "absent_partners": len((companions - gt) & named),
+                    "partner_errors": len((companions - gt) & named)
+                    + len((companions & gt) - named),
                 }
             )
-        picked = _pick(scored, cfg.min_hallucination_gap, cfg.max_extra_objects)
+        error = "partner_errors" if cfg.target == "partner" else "hallucinated"
+        picked = _pick(scored, cfg.min_hallucination_gap, cfg.max_extra_objects, error)
         if picked is None:
             continue
         c, r = scored[picked[0]], scored[picked[1]]
@@ -174,6 +209,15 @@ def on_policy_pairs(
                 "rejected_correct": r["correct"],
                 "chosen_words": c["words"],
                 "rejected_words": r["words"],
+                # What the pair teaches about partners: an absent one not to name, a present
+                # one to name, or neither.
+                "direction": (
+                    "absent"
+                    if r["absent_partners"] > c["absent_partners"]
+                    else "present"
+                    if r["partner_errors"] > c["partner_errors"]
+                    else "other"
+                ),
             }
         )
     frame = pd.DataFrame(pairs)
@@ -182,6 +226,10 @@ def on_policy_pairs(
         "pairs": float(len(frame)),
         "images_without_pair": float(len(rows) - len(frame)),
     }
+    for direction in ("absent", "present"):
+        stats[f"{direction}_partner_pairs"] = (
+            float((frame["direction"] == direction).sum()) if len(frame) else 0.0
+        )
     for side in ("chosen", "rejected"):
         for what in ("hallucinated", "correct", "words"):
             column = f"{side}_{what}"

@@ -289,6 +289,10 @@ def _read_one(
         return reject(MISSING_ID, "record has no 'id'; give every record a unique id")
     rec_id = str(rec_id)
     where = f"{source}[{index}]"
+    if rec_id in seen_ids and not seen_ids[rec_id].startswith(f"{source}["):
+        # LLaVA-Instruct's files key records by image id, and one image has records in several
+        # (detail_23k and complex_reasoning_77k): the later file's id is qualified by its name.
+        rec_id = f"{source}-{rec_id}"
     if rec_id in seen_ids:
         return reject(
             DUPLICATE_ID,

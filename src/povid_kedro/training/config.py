@@ -178,10 +178,17 @@ class StageConfig:
             returned.
         save_steps (`int`, *optional*, defaults to `0`):
             Save a trainer checkpoint every this many steps in `output_dir` (0: none).
+        save_total_limit (`int`, *optional*, defaults to `2`):
+            Checkpoints kept in `output_dir` (the oldest are deleted; `None`: all).
         output_dir (`str`, *optional*):
             Where checkpoints go, and where the last good model is saved if the loss becomes
             NaN/inf. `None`: a temporary directory (removed after a successful run, kept after a
-            failure).
+            failure). A directory set here belongs to one run (a fingerprint of the config, the
+            pairs and the starting weights): another run refuses it.
+        resume (`bool`, *optional*, defaults to `True`):
+            Continue from the newest complete checkpoint of this run in `output_dir` (adapter,
+            optimiser, scheduler, RNG states, the cached reference log-probs and the step
+            metrics); a run interrupted at any moment ends where an uninterrupted one ends.
         report_to (`list[str]`, *optional*, defaults to `[]`):
             transformers integrations to report to (e.g. `["mlflow"]`, which logs into the active
             run).
@@ -215,7 +222,9 @@ class StageConfig:
     pixel_cache: bool = _help(True, "Keep processed images in memory.")
     logging_steps: int = _help(10, "Log every this many steps.")
     save_steps: int = _help(0, "Save a checkpoint every this many steps (0: none).")
+    save_total_limit: int | None = _help(2, "Checkpoints kept (None: all).")
     output_dir: str | None = _help(None, "Checkpoint directory (None: a temporary one).")
+    resume: bool = _help(True, "Resume from this run's newest checkpoint in output_dir.")
     report_to: list[str] = _help([], "transformers integrations to report to.")
     num_threads: int = _help(0, "torch.set_num_threads during training (0: unchanged).")
     hallucination_weight: float = _help(1.0, "w_h: weight of DPO(y+ vs y_h-).")
@@ -341,6 +350,37 @@ class RegistrySettings:
 
 
 @dataclass
+class ProcessSettings:
+    r"""How many processes train each stage (data parallel through accelerate).
+
+    Parameters:
+        num_processes (`int`, *optional*, defaults to `1`):
+            Training processes. Above 1 the stage runs under `accelerate launch` (DDP over gloo
+            on CPUs, NCCL on GPUs, or what `accelerate_config` sets up); the global batch is
+            `num_processes × batch_size × gradient_accumulation_steps`. The caller's process
+            keeps the inputs and outputs: only it writes catalog outputs and MLflow records.
+        main_process_port (`int`, *optional*, defaults to `29500`):
+            Port of the processes' rendezvous on this machine.
+        accelerate_config (`str`, *optional*):
+            An accelerate config file (DeepSpeed ZeRO-2/3 or FSDP; see `conf/base/accelerate/`).
+            `None`: plain DDP.
+    """
+
+    num_processes: int = _help(1, "Training processes (> 1: accelerate launch).")
+    main_process_port: int = _help(29500, "Rendezvous port of the processes.")
+    accelerate_config: str | None = _help(None, "accelerate config file (DeepSpeed / FSDP).")
+
+    def __post_init__(self) -> None:
+        if self.num_processes < 1:
+            raise ValueError(f"processes.num_processes must be >= 1, got {self.num_processes}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None, where: str = "processes") -> ProcessSettings:
+        """Build from a parameters mapping; unknown keys raise ``ValueError``."""
+        return _build(cls, values, where, {})
+
+
+@dataclass
 class DPOTrainingConfig:
     r"""The `dpo_training` parameters: both stages and the registry target.
 
@@ -351,12 +391,17 @@ class DPOTrainingConfig:
             Stage 2: POVID's two-branch DPO on the merged stage-1 model.
         registry ([`RegistrySettings`]):
             Registered model name and alias.
+        processes ([`ProcessSettings`]):
+            Training processes of both stages.
     """
 
     stage1: StageConfig = field(default_factory=StageConfig, metadata={"help": "Stage 1."})
     stage2: Stage2Config = field(default_factory=Stage2Config, metadata={"help": "Stage 2."})
     registry: RegistrySettings = field(
         default_factory=RegistrySettings, metadata={"help": "MLflow registry target."}
+    )
+    processes: ProcessSettings = field(
+        default_factory=ProcessSettings, metadata={"help": "Training processes."}
     )
 
     @classmethod
@@ -370,5 +415,6 @@ class DPOTrainingConfig:
                 "stage1": StageConfig.from_dict,
                 "stage2": Stage2Config.from_dict,
                 "registry": RegistrySettings.from_dict,
+                "processes": ProcessSettings.from_dict,
             },
         )

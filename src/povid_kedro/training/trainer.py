@@ -58,8 +58,16 @@ from transformers import PrinterCallback, TrainerCallback
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.utils import use_adapter
 
-from povid_kedro.modeling.hf_dir import save_model_dir
+from povid_kedro.modeling.hf_dir import save_model_dir, weights_digest
 from povid_kedro.schema import IGNORE_INDEX
+from povid_kedro.training.checkpoints import (
+    StepsCheckpointer,
+    claim_output_dir,
+    load_reference,
+    load_steps,
+    run_fingerprint,
+    save_reference,
+)
 from povid_kedro.training.config import Stage2Config, StageConfig
 from povid_kedro.training.data import (
     STAGE1,
@@ -593,6 +601,14 @@ class _StepRecorder(TrainerCallback):
         row["step_seconds"] = now - self._last
         for key in micro[0] if micro else ():
             row[key] = sum(m[key] for m in micro) / len(micro)
+        accelerator = self.trainer.accelerator
+        if accelerator.num_processes > 1 and micro:
+            # Each process saw its shard of the step's batch: report the mean over all of them,
+            # the value one process would compute on the whole batch.
+            keys = sorted(micro[0])
+            local = torch.tensor([row[k] for k in keys], device=accelerator.device)
+            for key, value in zip(keys, accelerator.reduce(local, "mean").tolist(), strict=True):
+                row[key] = value
         self._last = now
         self.steps.append(row)
 
@@ -622,13 +638,15 @@ def dpo_args(cfg: StageConfig, output_dir: str, progress: bool = False) -> DPOCo
         activation_checkpointing=cfg.gradient_checkpointing,
         bf16=cfg.bf16,
         fp16=False,
-        # transformers refuses bf16 without a GPU unless told to run on the CPU on purpose.
-        use_cpu=cfg.bf16 and not torch.cuda.is_available(),
+        # Told to run on the CPU on purpose where there is no GPU: transformers refuses bf16
+        # otherwise, and accelerate sets up DDP over gloo for launched processes only then.
+        use_cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
         seed=cfg.seed,
         data_seed=cfg.seed,
         logging_steps=max(1, cfg.logging_steps),
         save_strategy="steps" if cfg.save_steps > 0 else "no",
         save_steps=max(1, cfg.save_steps),
+        save_total_limit=cfg.save_total_limit,
         report_to=list(cfg.report_to) or "none",
         remove_unused_columns=False,
         disable_dropout=cfg.disable_dropout,
@@ -866,6 +884,7 @@ def _train_stage(
     stage, branches = report.stage, report.branches
     own_dir = cfg.output_dir is None
     output_dir = tempfile.mkdtemp(prefix=f"povid-{stage}-") if own_dir else str(cfg.output_dir)
+    resume_from = None if own_dir else _claim(Path(output_dir), model, train, cfg, report)
     use_cache = getattr(model.config.get_text_config(), "use_cache", None)
     tokenizer = processor.tokenizer
     pad_id = (
@@ -898,10 +917,14 @@ def _train_stage(
             trainer.remove_callback(PrinterCallback)  # it prints every log line to stdout
         recorder = _StepRecorder(trainer)
         trainer.add_callback(recorder)
+        if not own_dir:
+            trainer.add_callback(StepsCheckpointer(lambda: recorder.steps))
+        if resume_from is not None:
+            recorder.steps = load_steps(resume_from)
         if cfg.cache_reference:
-            report.reference_seconds = trainer.cache_reference(cfg.reference_batch_size)
+            _reference(trainer, cfg, report, None if own_dir else Path(output_dir))
         try:
-            trainer.train()
+            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         except NonFiniteLossError as err:
             failed = True
             report.step_metrics = recorder.steps
@@ -928,6 +951,30 @@ def _train_stage(
     finally:
         if own_dir and not failed:
             shutil.rmtree(output_dir, ignore_errors=True)
+
+
+def _claim(
+    output_dir: Path, model: Any, train: EncodedPairs, cfg: StageConfig, report: TrainReport
+) -> Path | None:
+    """Make ``output_dir`` this run's; the checkpoint to resume from, if any."""
+    fingerprint = run_fingerprint(
+        report.stage, report.branches, report.config, train.ids, weights_digest(model)
+    )
+    return claim_output_dir(output_dir, fingerprint, cfg.resume)
+
+
+def _reference(
+    trainer: POVIDTrainer, cfg: StageConfig, report: TrainReport, output_dir: Path | None
+) -> None:
+    """Cache the reference log-probs, or load those this run saved before it was stopped."""
+    saved = load_reference(output_dir) if output_dir is not None else None
+    if saved is not None:
+        trainer.data_collator.reference = saved  # type: ignore[attr-defined]
+        logger.info("%s: reference log-probs loaded from %s", report.stage, output_dir)
+        return
+    report.reference_seconds = trainer.cache_reference(cfg.reference_batch_size)
+    if output_dir is not None:
+        save_reference(output_dir, trainer.data_collator.reference)  # type: ignore[attr-defined]
 
 
 def _flat_config(cfg: StageConfig, noise: NoiseConfig | None) -> dict[str, Any]:

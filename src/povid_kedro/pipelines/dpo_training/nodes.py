@@ -9,6 +9,7 @@ from matplotlib.figure import Figure
 
 from povid_kedro.ingest.images import ImageFolder
 from povid_kedro.training import DPOTrainingConfig, TrainReport, train_stage1, train_stage2
+from povid_kedro.training.launch import train_stage_processes
 from povid_kedro.training.noise import GENERATED, NoiseConfig, noise_fields
 
 _CURVES = ("loss", "margins", "accuracy")
@@ -58,9 +59,21 @@ def train_stage1_node(
     """
     cfg = DPOTrainingConfig.from_dict(params)
     model, processor = base_model
-    merged, report = train_stage1(
-        model, processor, trl_preferences, train_images.open, cfg.stage1, progress=True
-    )
+    if cfg.processes.num_processes > 1:
+        merged, report = train_stage_processes(
+            "stage1",
+            model,
+            processor,
+            trl_preferences,
+            train_images,
+            cfg.stage1,
+            None,
+            cfg.processes,
+        )
+    else:
+        merged, report = train_stage1(
+            model, processor, trl_preferences, train_images.open, cfg.stage1, progress=True
+        )
     return (merged, processor), _history(report), _curves(report, "stage 1: DPO (y+ vs y_h-)")
 
 
@@ -98,8 +111,13 @@ def train_stage2_node(
                 "`kedro run --pipeline noise_trigger` with noise_trigger.mode: generated"
             )
     model, processor = stage1_model
-    merged, report = train_stage2(
-        model, processor, pairs, train_images.open, cfg.stage2, noise, progress=True
-    )
+    if cfg.processes.num_processes > 1:
+        merged, report = train_stage_processes(
+            "stage2", model, processor, pairs, train_images, cfg.stage2, noise, cfg.processes
+        )
+    else:
+        merged, report = train_stage2(
+            model, processor, pairs, train_images.open, cfg.stage2, noise, progress=True
+        )
     curves = _curves(report, "stage 2: POVID (y_h- and y_n- branches)")
     return (merged, processor), (merged, processor), _history(report), curves

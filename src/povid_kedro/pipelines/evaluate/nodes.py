@@ -62,6 +62,11 @@ def describe_eval_images_node(
         prompt=params["description_prompt"],
         generation=params["description_generation"],
         limit=params.get("max_images"),
+        sample=(
+            (params["sample_images"], params.get("sample_seed", 0))
+            if params.get("sample_images")
+            else None
+        ),
     )
 
 
