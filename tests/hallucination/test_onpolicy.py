@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from povid_kedro.hallucination.onpolicy import _pick
+import pandas as pd
+
+from povid_kedro.hallucination.onpolicy import _pick, balance_directions
 
 
 def _s(hallucinated: int, correct: int, words: int = 30, degenerate: bool = False) -> dict:
@@ -62,3 +64,12 @@ def test_partner_pairs_never_prefer_more_hallucination_or_fewer_true_objects():
     # is no pair.
     assert _pick([_p(0, 1, 2), _p(1, 0, 2)], gap=1, error="partner_errors") is None
     assert _pick([_p(0, 0, 1), _p(1, 0, 2)], gap=1, error="partner_errors") is None
+
+
+def test_balanced_pairs_teach_both_directions_equally_in_their_order():
+    pairs = pd.DataFrame(
+        {"id": list("abcdefg"), "direction": ["present"] * 4 + ["absent"] * 2 + ["other"]}
+    )
+    kept = balance_directions(pairs, seed=0)
+    assert kept["direction"].value_counts().to_dict() == {"present": 2, "absent": 2}
+    assert list(kept.index) == sorted(kept.index)

@@ -49,6 +49,9 @@ class OnPolicyConfig:
             are named, never by naming fewer.
         target: ``chair``: pair on hallucinated objects; ``partner``: pair on partner errors
             (absent partners named plus present partners left out), needs the partner map.
+        balance: Keep as many pairs that teach not to name an absent partner as pairs that
+            teach to name a present one (a seeded sample of the larger side; pairs about
+            neither are dropped), so that naming partners more or less is not the lesson.
     """
 
     samples_per_image: int = 4
@@ -60,6 +63,7 @@ class OnPolicyConfig:
     min_hallucination_gap: int = 1
     max_extra_objects: int | None = None
     target: Literal["chair", "partner"] = "chair"
+    balance: bool = False
 
 
 def _pick(
@@ -107,6 +111,25 @@ def _pick(
         key=lambda i: (scored[i][error], -abs(scored[i]["words"] - c["words"]), -i),
     )
     return chosen, rejected
+
+
+def balance_directions(pairs: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """As many ``absent`` as ``present`` pairs (a seeded sample of the larger side), in their
+    original order; ``other`` pairs are dropped."""
+    absent = pairs[pairs["direction"] == "absent"]
+    present = pairs[pairs["direction"] == "present"]
+    n = min(len(absent), len(present))
+    kept = pd.concat(
+        [absent.sample(n=n, random_state=seed), present.sample(n=n, random_state=seed)]
+    )
+    logger.info(
+        "balanced partner pairs: %d of each direction (of %d absent, %d present, %d other)",
+        n,
+        len(absent),
+        len(present),
+        len(pairs) - len(absent) - len(present),
+    )
+    return kept.sort_index()
 
 
 def on_policy_pairs(
@@ -221,6 +244,8 @@ def on_policy_pairs(
             }
         )
     frame = pd.DataFrame(pairs)
+    if cfg.balance and len(frame):
+        frame = balance_directions(frame, cfg.seed)
     stats = {
         "images": float(len(rows)),
         "pairs": float(len(frame)),
