@@ -4,6 +4,7 @@ uninterrupted run ends; a checkpoint directory never resumes into another run.""
 from __future__ import annotations
 
 import copy
+import json
 import signal
 import subprocess
 import sys
@@ -126,3 +127,18 @@ def test_a_checkpoint_directory_is_never_resumed_into_another_run(
     again = {**RESUMABLE, "output_dir": str(output_dir), "resume": False}
     with pytest.raises(ValueError, match="resume is off"):
         train_stage2(model, processor, pairs, load_image, again, NOISE)
+
+
+def test_a_directory_without_checkpoints_is_taken_over_with_its_stale_reference_dropped(
+    fresh, pairs, load_image, tmp_path
+):
+    model, processor = fresh
+    output_dir = tmp_path / "stage2"
+    output_dir.mkdir()
+    (output_dir / RUN_FILE).write_text('{"sha256": "another run", "stage": "stage2"}')
+    torch.save({"chosen_h": torch.zeros(8)}, output_dir / REFERENCE_FILE)
+    cfg = {**RESUMABLE, "max_steps": 1, "save_steps": 0, "output_dir": str(output_dir)}
+    _, report = train_stage2(model, processor, pairs, load_image, cfg, NOISE)
+    assert report.reference_seconds > 0  # computed for this run, not loaded
+    assert json.loads((output_dir / RUN_FILE).read_text())["stage"] == "stage2"
+    assert json.loads((output_dir / RUN_FILE).read_text())["sha256"] != "another run"

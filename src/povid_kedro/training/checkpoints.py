@@ -102,7 +102,12 @@ def claim_output_dir(directory: Path, fingerprint: Mapping[str, Any], resume: bo
     checkpoints = _checkpoints(directory)
     if run_file.is_file():
         owner = json.loads(run_file.read_text())
-        if owner.get("sha256") != fingerprint["sha256"]:
+        if owner.get("sha256") != fingerprint["sha256"] and not checkpoints:
+            # Another run stopped before its first checkpoint: nothing to lose but its reference
+            # cache, which is not this run's.
+            logger.info("%s: taking over from a run that left no checkpoint", directory)
+            (directory / REFERENCE_FILE).unlink(missing_ok=True)
+        elif owner.get("sha256") != fingerprint["sha256"]:
             differs = sorted(
                 key
                 for key in set(owner) | set(fingerprint)
