@@ -158,6 +158,11 @@ def test_every_pipeline_in_a_kedro_session(project: Path):
     for key in ("base.chair_s", "base.recall", "base.objects_per_image", "base.pope_random_f1"):
         assert 0.0 <= evaluated[key] <= 50.0, key
     assert "stage2.chair_s" in evaluated
+    # The gallery: on disk and beside the report in the evaluate run's artifacts.
+    gallery = (project / "data" / "08_reporting" / "gallery.html").read_text()
+    assert gallery.count('<section class="item"') == 12
+    artifacts = client.list_artifacts(by_name["evaluate"].info.run_id, "reporting")
+    assert "reporting/gallery.html" in {a.path for a in artifacts}
     trained = by_name["dpo_training"].data.metrics
     assert {"stage1.loss", "stage2.hallucination/margins", "stage2.noise/margins"} <= set(trained)
 

@@ -50,6 +50,12 @@ class _Mmhal(_Strict):
     max_tokens: PositiveInt
 
 
+class _Gallery(_Strict):
+    images: int
+    seed: int = 0
+    image_side: PositiveInt = 192
+
+
 class EvaluateParams(_Strict):
     """The ``evaluate`` group (``conf/base/parameters_evaluate.yml`` documents each key)."""
 
@@ -63,6 +69,7 @@ class EvaluateParams(_Strict):
     max_pope_questions: PositiveInt | None = None
     mmhal: _Mmhal
     gate: _Gate
+    gallery: _Gallery
 
 
 class BaseModelParams(_Strict):

@@ -131,6 +131,15 @@ def test_a_candidate_no_better_than_its_base_is_not_promoted(evaluated):
     assert "not promoted" in report and decision["reason"] in report
 
 
+def test_the_gallery_shows_every_model_on_the_evaluated_images(evaluated):
+    page = evaluated.load("evaluation_gallery")
+    shown = min(N_IMAGES, project_parameters()["evaluate"]["gallery"]["images"])
+    assert page.count('<section class="item"') == shown
+    assert page.count("data:image/png;base64,") == shown
+    for ns in MODELS:
+        assert page.count(f"<h3>{ns}</h3>") == shown
+
+
 def test_a_candidate_whose_weights_are_not_the_evaluated_ones_is_refused(world):
     catalog = _run(world, candidate_digest="0" * 64)
     decision = catalog.load("gate_decision")

@@ -15,6 +15,7 @@ from povid_kedro.evaluation import (
     report_markdown,
     summary_row,
 )
+from povid_kedro.evaluation.gallery import ModelOutputs, gallery_html
 from povid_kedro.evaluation.gate import (
     EVAL_SET_TAGS,
     champion_decision,
@@ -301,6 +302,39 @@ def champion_gate_node(
         "evaluation_set": eval_set,
     }
     return update, decision
+
+
+def gallery_node(
+    eval_images: ImageFolder,
+    eval_instances: dict[str, Any],
+    pope_random: list[dict[str, Any]],
+    pope_popular: list[dict[str, Any]],
+    pope_adversarial: list[dict[str, Any]],
+    params: dict[str, Any],
+    **outputs: Any,
+) -> str:
+    """The HTML gallery of every evaluated model's descriptions on a sample of images.
+
+    Args:
+        params: The ``evaluate`` parameters (``gallery``: ``images``, ``seed``, ``image_side``).
+        outputs: ``<model>__chair`` and ``<model>__pope_answers`` of each model, in order.
+    """
+    names = list(dict.fromkeys(key.split("__")[0] for key in outputs))
+    models = [
+        ModelOutputs(name, outputs[f"{name}__chair"], outputs[f"{name}__pope_answers"])
+        for name in names
+    ]
+    questions = dict(zip(POPE_SPLITS, (pope_random, pope_popular, pope_adversarial), strict=True))
+    settings = params["gallery"]
+    return gallery_html(
+        eval_images,
+        eval_instances,
+        models,
+        questions,
+        sample=settings["images"],
+        seed=settings["seed"],
+        image_side=settings["image_side"],
+    )
 
 
 def report_node(gate_decision: dict[str, Any], **rows: dict[str, float]) -> tuple[str, Figure]:

@@ -7,6 +7,7 @@ from .nodes import (
     champion_gate_node,
     describe_eval_images_node,
     evaluation_set_node,
+    gallery_node,
     mmhal_node,
     report_node,
     score_node,
@@ -132,4 +133,22 @@ def create_pipeline(**kwargs) -> Pipeline:
         outputs=["evaluation_report", "evaluation_figure"],
         name="report_node",
     )
-    return Pipeline([*per_model, digest, eval_set, gate, report])
+    gallery = Node(
+        func=gallery_node,
+        inputs={
+            "eval_images": "eval_images",
+            "eval_instances": "eval_instances",
+            "pope_random": "pope_random",
+            "pope_popular": "pope_popular",
+            "pope_adversarial": "pope_adversarial",
+            "params": "params:evaluate",
+            **{
+                f"{namespace}__{output}": f"{namespace}.{output}"
+                for namespace in MODELS
+                for output in ("chair", "pope_answers")
+            },
+        },
+        outputs="evaluation_gallery",
+        name="gallery_node",
+    )
+    return Pipeline([*per_model, digest, eval_set, gate, report, gallery])
