@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import mlflow
@@ -11,7 +12,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.support.kedro_project import run_pipeline
+from tests.support.kedro_project import ROOT, run_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -113,9 +114,12 @@ TINY_MODEL = {
 }
 
 
-def test_every_pipeline_in_a_kedro_session(project: Path):
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """Every pipeline, one after the other, on the small world and tiny model."""
+    from tests.support.kedro_project import make_project
 
+    project = make_project(tmp_path_factory.mktemp("full_run"))
     pipelines = (
         "embedded_world",
         "ingest_ground_truth",
@@ -125,8 +129,44 @@ def test_every_pipeline_in_a_kedro_session(project: Path):
         "dpo_training",
         "evaluate",
     )
-    for pipeline in pipelines:
-        run_pipeline(project, pipeline, TINY_MODEL)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(project)
+        for pipeline in pipelines:
+            run_pipeline(project, pipeline, TINY_MODEL)
+    return project
+
+
+def test_the_walkthrough_notebook_runs_on_a_real_run(full_run: Path):
+    import nbclient
+    import nbformat
+
+    path = ROOT / "notebooks" / "walkthrough.ipynb"
+    notebook = nbformat.read(path, as_version=4)
+    # Committed without outputs (nbstripout in .pre-commit-config.yaml).
+    assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code")
+    client = nbclient.NotebookClient(
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": full_run}}
+    )
+    client.execute()
+    outputs = [o for cell in notebook.cells for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.output_type == "error"]
+    text = "\n".join(
+        str(o.get("text", ""))
+        + str(o.get("data", {}).get("text/markdown", ""))
+        + str(o.get("data", {}).get("text/html", ""))
+        for o in outputs
+    )
+    assert "<mark>" in text  # a pair's injected words, highlighted
+    assert re.search(r"stage2 noise: [1-9]\d* steps", text)  # curves read from MLflow
+    assert "| stage2 |" in text  # the evaluation table
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) >= 3  # world samples, noise steps, training curves
+
+
+def test_every_pipeline_in_a_kedro_session(full_run: Path):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    project = full_run
 
     # The base model directory loads like any Hugging Face LLaVA.
     model_dir = project / "data" / "06_models" / "base_model"
