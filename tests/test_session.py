@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import random
 import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -161,6 +169,79 @@ def test_the_walkthrough_notebook_runs_on_a_real_run(full_run: Path):
     assert "| stage2 |" in text  # the evaluation table
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) >= 3  # world samples, noise steps, training curves
+
+
+def _free_port() -> int:
+    # kedro viz refuses ports above 49151 (the ephemeral range the OS would hand out).
+    for port in random.Random().sample(range(20000, 40000), 50):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port between 20000 and 40000")
+
+
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def test_kedro_viz_serves_previews_of_the_key_datasets(full_run: Path):
+    port = _free_port()
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("kedro")),
+            "viz",
+            "run",
+            "--no-browser",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=full_run,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        env={**os.environ, "COLUMNS": "160"},
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                graph = _get(f"http://127.0.0.1:{port}/api/main")
+                break
+            except OSError:
+                assert server.poll() is None, server.stderr.read().decode()[-6000:]
+                assert time.monotonic() < deadline, "kedro viz did not answer in 180 s"
+                time.sleep(1)
+        data = {n["name"]: n for n in graph["nodes"] if n["type"] == "data"}
+        # Every dataset sits in a layer, and no node writes to an earlier layer than it reads
+        # (kedro viz turns the layer view off on a cycle), so the graph reads by layer.
+        assert [name for name, n in data.items() if not n.get("layer")] == []
+        assert graph["layers"][0] == "raw" and graph["layers"][-1] == "reporting"
+        expected = {
+            "ground_truth_train": "TablePreview",
+            "preference_pairs": "TablePreview",
+            "injection_failures": "TablePreview",
+            "world_samples_figure": "ImagePreview",
+            "evaluation_figure": "ImagePreview",
+            "noise_figure": "ImagePreview",
+            "stage2.summary": "JSONPreview",
+            "gate_decision": "JSONPreview",
+        }
+        for name, kind in expected.items():
+            meta = _get(f"http://127.0.0.1:{port}/api/nodes/{data[name]['id']}")
+            assert meta.get("preview_type") == kind, (name, meta.get("preview_type"))
+            assert meta.get("preview"), name
+        rows = _get(f"http://127.0.0.1:{port}/api/nodes/{data['preference_pairs']['id']}")
+        assert len(rows["preview"]["data"]) == 10  # preview_args: nrows
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=30)
 
 
 def test_every_pipeline_in_a_kedro_session(full_run: Path):
