@@ -214,6 +214,7 @@ _PAGE = """<!DOCTYPE html>
 body {{ font-family: sans-serif; margin: 1em; }}
 .item {{ border-top: 1px solid #ccc; padding: .6em 0; display: grid;
   grid-template-columns: 200px 1fr; gap: .3em 1em; }}
+.item[hidden] {{ display: none; }}
 .item img {{ grid-row: span 3; image-rendering: pixelated; width: 192px; }}
 .models {{ display: flex; gap: 1em; }}
 .model {{ flex: 1; }} .model h3 {{ margin: 0; font-size: 1em; }}
@@ -241,7 +242,10 @@ function apply() {{
     const ok = (!scene || item.dataset.scene === scene) &&
       (!change || item.dataset[change] === "1");
     item.hidden = !ok;
-    shown += ok;
+  }}
+  // Counted as drawn, not as flagged: a style that overrode [hidden] would show here.
+  for (const item of document.querySelectorAll(".item")) {{
+    shown += getComputedStyle(item).display !== "none";
   }}
   document.getElementById("count").textContent = shown + " shown";
 }}
