@@ -229,8 +229,13 @@ def test_kedro_viz_serves_previews_of_the_key_datasets(full_run: Path):
             "world_samples_figure": "ImagePreview",
             "evaluation_figure": "ImagePreview",
             "noise_figure": "ImagePreview",
+            "base_model_loss_figure": "ImagePreview",
+            "stage1_curves": "ImagePreview",
+            "stage2_curves": "ImagePreview",
+            "ingest_quarantine": "TablePreview",
             "stage2.summary": "JSONPreview",
             "gate_decision": "JSONPreview",
+            "evaluation_gallery": "HTMLPreview",
         }
         for name, kind in expected.items():
             meta = _get(f"http://127.0.0.1:{port}/api/nodes/{data[name]['id']}")
