@@ -5,10 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +18,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.support.kedro_project import ROOT, run_pipeline
+from tests.support.kedro_project import ROOT, free_port, run_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -171,25 +169,13 @@ def test_the_walkthrough_notebook_runs_on_a_real_run(full_run: Path):
     assert len(images) >= 3  # world samples, noise steps, training curves
 
 
-def _free_port() -> int:
-    # kedro viz refuses ports above 49151 (the ephemeral range the OS would hand out).
-    for port in random.Random().sample(range(20000, 40000), 50):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port between 20000 and 40000")
-
-
 def _get(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=30) as response:
         return json.loads(response.read())
 
 
 def test_kedro_viz_serves_previews_of_the_key_datasets(full_run: Path):
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [
             str(Path(sys.executable).with_name("kedro")),

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 
 import pandas as pd
 import pytest
@@ -16,7 +15,7 @@ from mlflow import MlflowClient
 from povid_kedro.modeling import load_model_dir
 from povid_kedro.testing.chat_server import ChatServer, rewrite_quoted
 from povid_kedro.testing.synthetic import hallucinate
-from tests.support.kedro_project import ROOT, make_project, run_pipeline
+from tests.support.kedro_project import ROOT, free_port, make_project, run_pipeline
 from tests.support.llava15 import write_standins
 
 pytestmark = pytest.mark.slow
@@ -29,12 +28,6 @@ FAST = {
     "logging_steps": 1,
     "lora": {"r": 4, "alpha": 8},
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +55,7 @@ def llava15_run(tmp_path_factory):
                     "stage2": FAST,
                     "processes": {
                         "num_processes": 2,
-                        "main_process_port": _free_port(),
+                        "main_process_port": free_port(),
                         "accelerate_config": None,
                     },
                 },

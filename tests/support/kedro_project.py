@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import random
 import shutil
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -49,3 +51,16 @@ def run_pipeline(
     while mlflow.active_run():
         mlflow.end_run()
     return outputs
+
+
+def free_port() -> int:
+    """A free loopback port below 49152 (kedro viz refuses the ephemeral range the OS hands
+    out)."""
+    for port in random.Random().sample(range(20000, 40000), 50):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port between 20000 and 40000")

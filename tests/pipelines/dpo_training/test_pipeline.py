@@ -4,7 +4,6 @@ a tiny LLaVA, saved into and read back from the project's model dataset."""
 from __future__ import annotations
 
 import random
-import socket
 
 import pandas as pd
 import pytest
@@ -20,6 +19,7 @@ from povid_kedro.modeling import TokenizerConfig, build_model_and_processor, tra
 from povid_kedro.pipelines.dpo_training import create_pipeline
 from povid_kedro.schema import DESCRIPTION
 from tests.modeling.conftest import PROMPT, make_scene
+from tests.support.kedro_project import free_port
 from tests.training.conftest import FAST, MODEL_CFG, hallucinate
 
 N_PAIRS = 8
@@ -137,12 +137,6 @@ def test_generated_mode_trains_on_the_free_answers_under_noise(tmp_path, world):
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_two_processes_train_what_one_process_trains_on_the_same_global_batch(tmp_path, world):
     # 2 processes x 4 pairs (DDP over gloo, launched by the node through accelerate) against
     # 1 process x 8 pairs: the same optimiser steps up to the order of float sums. The SFT term
@@ -157,7 +151,7 @@ def test_two_processes_train_what_one_process_trains_on_the_same_global_batch(tm
         world,
         params=_params(
             stages={**same, "batch_size": N_PAIRS // 2},
-            processes={"num_processes": 2, "main_process_port": _free_port()},
+            processes={"num_processes": 2, "main_process_port": free_port()},
         ),
     )
     for name in ("stage1_metrics", "stage2_metrics"):
