@@ -5,35 +5,32 @@ to last layer, CLS dropped; two-layer GELU projector; Llama LM) as the pretraine
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from povid_kedro.modeling import ModelConfig, TokenizerConfig, build_model_and_processor
+from povid_kedro.modeling import TokenizerConfig, build_model_and_processor
 from povid_kedro.modeling.hf_dir import save_model_dir
 from povid_kedro.modeling.tokenizer import train_tokenizer
+from tests.support.tiny import TINY_MODEL
 
 # COCO category ids and names (a few of the 80).
 CATEGORIES = {1: "person", 18: "dog", 47: "cup", 48: "fork", 49: "knife", 62: "chair"}
 COLOURS = ["red", "green", "blue", "yellow"]
 DETAIL_PROMPT = "Describe the following image in detail."
 
-# LLaVA-1.5's layout at toy sizes: 28 px images in 14 px patches (4 image tokens).
-LLAVA15_STANDIN = ModelConfig(
+# LLaVA-1.5's layout at the tests' tiny sizes: 28 px images in 14 px patches (4 image tokens),
+# features read at the second-to-last vision layer.
+LLAVA15_STANDIN = dataclasses.replace(
+    TINY_MODEL,
     image_size=28,
     patch_size=14,
-    vision_hidden_size=32,
     vision_layers=2,
-    vision_heads=2,
-    vision_intermediate_size=64,
     vision_feature_layer=-2,
-    text_hidden_size=48,
     text_layers=2,
-    text_heads=2,
-    text_kv_heads=2,
-    text_intermediate_size=96,
     max_position_embeddings=512,
 )
 

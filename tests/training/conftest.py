@@ -16,6 +16,7 @@ from povid_kedro.modeling import (
 )
 from povid_kedro.training.data import PairCollator, encode_pairs
 from povid_kedro.training.losses import sequence_logps, teacher_forced_noisy_logps
+from povid_kedro.training.noise import NoiseConfig
 from tests.modeling.conftest import PROMPT, make_scene
 from tests.support.tiny import TINY_MODEL
 
@@ -33,6 +34,10 @@ FAST = {
     # One thread: on a machine shared with other jobs, two-thread kernels on tiny tensors stall.
     "num_threads": 1,
 }
+
+
+# Stage 2's noise in the engine tests: a mid-schedule step, seeded.
+NOISE = NoiseConfig(step=300, seed=3)
 
 
 def hallucinate(caption: str) -> str:

@@ -4,6 +4,7 @@ uninterrupted run ends; a checkpoint directory never resumes into another run.""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import signal
 import subprocess
@@ -17,10 +18,8 @@ import torch
 from povid_kedro.modeling.hf_dir import save_model_dir
 from povid_kedro.training import train_stage2
 from povid_kedro.training.checkpoints import REFERENCE_FILE, RUN_FILE, STEPS_FILE
-from povid_kedro.training.noise import NoiseConfig
-from tests.training.conftest import FAST
+from tests.training.conftest import FAST, NOISE
 
-NOISE = NoiseConfig(step=300, seed=3)
 # 8 training pairs in batches of 4: steps 3-6 are in later epochs, so resuming must also
 # restore the data order, not only the weights and the optimiser.
 RESUMABLE = {**FAST, "max_steps": 6, "batch_size": 4, "save_steps": 2, "save_total_limit": None}
@@ -53,7 +52,7 @@ CHILD = textwrap.dedent(
     cfg = {**%(cfg)r, "output_dir": output_dir}
     train_stage2(
         model, processor, pairs, lambda p: Image.open(f"{work}/{p}").convert("RGB"), cfg,
-        NoiseConfig(step=300, seed=3), callbacks=[Kill()],
+        NoiseConfig(**%(noise)r), callbacks=[Kill()],
     )
     sys.exit(3)  # not reached: the run is killed
     """
@@ -72,7 +71,7 @@ def work(tmp_path, fresh, pairs, images):
 
 
 def _killed(work: Path, output_dir: Path, kill_on: str, step: int) -> None:
-    script = CHILD % {"cfg": RESUMABLE}
+    script = CHILD % {"cfg": RESUMABLE, "noise": dataclasses.asdict(NOISE)}
     done = subprocess.run(
         [sys.executable, "-c", script, str(work), str(output_dir), kill_on, str(step)],
         capture_output=True,

@@ -21,9 +21,7 @@ from povid_kedro.training import (
     train_stage2,
 )
 from povid_kedro.training.noise import NoiseConfig
-from tests.training.conftest import FAST, MODEL_CFG, margins
-
-NOISE = NoiseConfig(step=300, seed=3)
+from tests.training.conftest import FAST, MODEL_CFG, NOISE, margins
 
 
 def _train_rows(pairs):

@@ -141,10 +141,9 @@ def claim_output_dir(directory: Path, fingerprint: Mapping[str, Any], resume: bo
 
 def save_reference(directory: Path, reference: Mapping[str, torch.Tensor]) -> None:
     """Save the cached reference log-probs (atomically: a kill leaves none or all)."""
-    # One name per process: every process of a multi-process stage saves the same values.
-    partial = directory / f".{REFERENCE_FILE}.{os.getpid()}.partial"
-    torch.save(dict(reference), partial)
-    os.replace(partial, directory / REFERENCE_FILE)
+    _replace_atomically(
+        directory / REFERENCE_FILE, lambda partial: torch.save(dict(reference), partial)
+    )
 
 
 def load_reference(directory: Path) -> dict[str, torch.Tensor] | None:
@@ -158,10 +157,18 @@ def load_steps(checkpoint: Path) -> list[dict[str, float]]:
     return [dict(row) for row in json.loads((checkpoint / STEPS_FILE).read_text())]
 
 
-def _write_json(path: Path, value: Any) -> None:
+def _replace_atomically(path: Path, write: Callable[[Path], Any]) -> None:
+    """``write`` a sibling file, then rename it to ``path``: a kill leaves the old file or the
+    new one. One name per process: every process of a multi-process stage writes the same."""
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    partial.write_text(json.dumps(value, indent=1, sort_keys=True))
+    write(partial)
     os.replace(partial, path)
+
+
+def _write_json(path: Path, value: Any) -> None:
+    _replace_atomically(
+        path, lambda partial: partial.write_text(json.dumps(value, indent=1, sort_keys=True))
+    )
 
 
 class StepsCheckpointer(TrainerCallback):

@@ -40,6 +40,26 @@ def _curves(report: TrainReport, title: str) -> Figure:
     return fig
 
 
+def _train(
+    stage: str,
+    model: Any,
+    processor: Any,
+    pairs: pd.DataFrame,
+    images: ImageFolder,
+    cfg: DPOTrainingConfig,
+    noise: NoiseConfig | None,
+) -> tuple[Any, TrainReport]:
+    """One stage in this process, or in ``cfg.processes.num_processes`` launched ones."""
+    stage_cfg = cfg.stage1 if stage == "stage1" else cfg.stage2
+    if cfg.processes.num_processes > 1:
+        return train_stage_processes(
+            stage, model, processor, pairs, images, stage_cfg, noise, cfg.processes
+        )
+    if stage == "stage1":
+        return train_stage1(model, processor, pairs, images.open, stage_cfg, progress=True)
+    return train_stage2(model, processor, pairs, images.open, stage_cfg, noise, progress=True)
+
+
 def train_stage1_node(
     base_model: tuple[Any, Any],
     trl_preferences: pd.DataFrame,
@@ -59,21 +79,7 @@ def train_stage1_node(
     """
     cfg = DPOTrainingConfig.from_dict(params)
     model, processor = base_model
-    if cfg.processes.num_processes > 1:
-        merged, report = train_stage_processes(
-            "stage1",
-            model,
-            processor,
-            trl_preferences,
-            train_images,
-            cfg.stage1,
-            None,
-            cfg.processes,
-        )
-    else:
-        merged, report = train_stage1(
-            model, processor, trl_preferences, train_images.open, cfg.stage1, progress=True
-        )
+    merged, report = _train("stage1", model, processor, trl_preferences, train_images, cfg, None)
     return (merged, processor), _history(report), _curves(report, "stage 1: DPO (y+ vs y_h-)")
 
 
@@ -111,13 +117,6 @@ def train_stage2_node(
                 "`kedro run --pipeline noise_trigger` with noise_trigger.mode: generated"
             )
     model, processor = stage1_model
-    if cfg.processes.num_processes > 1:
-        merged, report = train_stage_processes(
-            "stage2", model, processor, pairs, train_images, cfg.stage2, noise, cfg.processes
-        )
-    else:
-        merged, report = train_stage2(
-            model, processor, pairs, train_images.open, cfg.stage2, noise, progress=True
-        )
+    merged, report = _train("stage2", model, processor, pairs, train_images, cfg, noise)
     curves = _curves(report, "stage 2: POVID (y_h- and y_n- branches)")
     return (merged, processor), (merged, processor), _history(report), curves
