@@ -94,11 +94,24 @@ def probe_scores(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray) ->
 def _tower(model: Any, kind: str) -> tuple[nn.Module, int, Any]:
     """A freshly initialised tower, its feature width and its image tokens of a batch.
 
+    ``base``: the loaded base model's own tower (its config, whatever its kind), read at the
+    layer the base model reads, so ``--save-vit`` weights load into that model's tower.
     ``clip``: the base model's own vision config (CLS dropped, as LLaVA's "default" feature
     strategy does). ``levit``: LeViT's four stride-2 conv + BatchNorm stem (16 px, 36 tokens of
     width 64) and its first attention stage, read after its subsampling (9 tokens of width 128,
     one per grid cell of the world), about the base tower's cost.
     """
+    if kind == "base":
+        tower = type(model.model.vision_tower)(model.config.vision_config)
+        layer = model.config.vision_feature_layer
+        skip = 1 if model.config.vision_feature_select_strategy == "default" else 0
+        return (
+            tower,
+            model.config.vision_config.hidden_size,
+            lambda p: tower(pixel_values=p, output_hidden_states=True).hidden_states[layer][
+                :, skip:
+            ],
+        )
     if kind == "clip":
         tower = CLIPVisionModel(model.config.vision_config)
         return (
@@ -255,9 +268,10 @@ def main() -> None:
     )
     parser.add_argument(
         "--tower",
-        choices=("clip", "levit"),
+        choices=("base", "clip", "levit"),
         default="clip",
-        help="the architecture --vit-epochs trains: the base model's CLIP tower or a LeViT",
+        help="the architecture --vit-epochs trains: the base model's own tower (base), its CLIP "
+        "config, or a LeViT",
     )
     parser.add_argument(
         "--world",

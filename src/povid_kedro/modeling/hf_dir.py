@@ -126,6 +126,10 @@ def validate_processor(processor: Any, config: Any, path: str | os.PathLike[str]
             f"was built for {width}x{height}; set 'size' and 'crop_size' in the image processor "
             f"config (preprocessor_config.json or processor_config.json) to {width}x{height}"
         )
+    if getattr(config, "image_grid_pinpoints", None):
+        # LLaVA-NeXT: the count follows each image's size (its tiling); the model checks it
+        # against its features in every forward.
+        return
     expected = expected_image_tokens(config)
     text = processor(text=[image_token], images=[probe], add_special_tokens=False)
     got = sum(1 for t in text["input_ids"][0] if t == ids[0])

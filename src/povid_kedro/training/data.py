@@ -132,13 +132,45 @@ def _text(value: Any) -> str | None:
     return str(value)
 
 
+class ImageTokenCounter:
+    """How many image tokens the processor expands one image into.
+
+    LLaVA-1.5's processor resizes every image to one shape, so one count serves all; LLaVA-NeXT's
+    tiles an image into a grid chosen by its size and aspect ratio, so the count is per size.
+    Counts come from the processor itself (a blank image of the size), cached per size.
+
+    Args:
+        processor: A processor with ``image_token`` and ``image_token_id``.
+    """
+
+    # A square, a wide and a tall image: one count for all three means the count is fixed.
+    _PROBES = ((224, 224), (448, 224), (224, 448))
+
+    def __init__(self, processor: Any) -> None:
+        self.processor = processor
+        self._by_size: dict[tuple[int, int], int] = {}
+        counts = {self.count(size) for size in self._PROBES}
+        self.fixed: int | None = counts.pop() if len(counts) == 1 else None
+
+    def count(self, size: tuple[int, int]) -> int:
+        """Image tokens for an image of ``size`` (width, height)."""
+        if size not in self._by_size:
+            probe = Image.new("RGB", size, (127, 127, 127))
+            out = self.processor(
+                text=[self.processor.image_token], images=[probe], add_special_tokens=False
+            )
+            image_id = self.processor.image_token_id
+            self._by_size[size] = sum(1 for t in out["input_ids"][0] if t == image_id)
+        return self._by_size[size]
+
+
 def count_image_tokens(processor: Any) -> int:
-    """How many image tokens the processor expands one image placeholder into."""
-    crop = getattr(processor.image_processor, "crop_size", None) or {}
-    size = (int(crop.get("width", 224)), int(crop.get("height", 224)))
-    probe = Image.new("RGB", size, (127, 127, 127))
-    out = processor(text=[processor.image_token], images=[probe], add_special_tokens=False)
-    return sum(1 for t in out["input_ids"][0] if t == processor.image_token_id)
+    """How many image tokens the processor expands one image placeholder into (processors with
+    one count for every image size; see :class:`ImageTokenCounter` for the others)."""
+    counter = ImageTokenCounter(processor)
+    if counter.fixed is None:
+        raise ValueError("this processor's image-token count depends on the image's size")
+    return counter.fixed
 
 
 class _Invalid(Exception):
@@ -156,6 +188,7 @@ def encode_pairs(
     max_length: int,
     *,
     with_noisy_rejected: bool = False,
+    image_size: Callable[[str], tuple[int, int]] | None = None,
 ) -> EncodedPairs:
     """Check and tokenize preference pairs; report each bad pair by id instead of training on it.
 
@@ -170,6 +203,8 @@ def encode_pairs(
             ``with_noisy_rejected``); extra columns are ignored.
         max_length: Longest sequence, image tokens included.
         with_noisy_rejected: Also encode the generated image-side rejection ``noisy_rejected``.
+        image_size: ``(width, height)`` of an image by its path; needed where the image-token
+            count depends on the size (LLaVA-NeXT), e.g. :meth:`ImageBank.size`.
 
     Returns:
         The valid pairs, encoded, and ``invalid``: an :class:`InvalidPair` for each other one.
@@ -179,7 +214,7 @@ def encode_pairs(
     """
     answer_columns = ["chosen", "rejected"] + ([NOISY_REJECTED] if with_noisy_rejected else [])
     _require_columns(pairs, [*REQUIRED_COLUMNS, *answer_columns[2:]])
-    encoder = _PairEncoder(processor, max_length, answer_columns)
+    encoder = _PairEncoder(processor, max_length, answer_columns, image_size)
     out = EncodedPairs(noisy_rejected_ids=[] if with_noisy_rejected else None)
     seen: set[str] = set()
     for record in pairs.to_dict("records"):
@@ -229,13 +264,38 @@ def _require_columns(pairs: pd.DataFrame, needed: Sequence[str]) -> None:
 class _PairEncoder:
     """The checks and the tokenization of one pair, in the order :func:`encode_pairs` lists."""
 
-    def __init__(self, processor: Any, max_length: int, answer_columns: list[str]) -> None:
+    def __init__(
+        self,
+        processor: Any,
+        max_length: int,
+        answer_columns: list[str],
+        image_size: Callable[[str], tuple[int, int]] | None,
+    ) -> None:
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.image_token = processor.image_token
-        self.n_image_tokens = count_image_tokens(processor)
+        self.counter = ImageTokenCounter(processor)
+        if self.counter.fixed is None and image_size is None:
+            raise ValueError(
+                "this processor's image-token count depends on the image's size (LLaVA-NeXT "
+                "tiling); encode_pairs needs image_size=..."
+            )
+        self.image_size = image_size
         self.max_length = max_length
         self.answer_columns = answer_columns
+
+    def _image_tokens(self, image: str) -> int:
+        if self.counter.fixed is not None:
+            return self.counter.fixed
+        assert self.image_size is not None
+        try:
+            size = self.image_size(image)
+        except Exception as err:  # a broken image must name the pair, whatever the loader raises
+            raise _Invalid(
+                PAIR_IMAGE_UNREADABLE,
+                f"image {image!r} cannot be loaded: {type(err).__name__}: {err}",
+            ) from err
+        return self.counter.count(size)
 
     def encode(
         self, record: Mapping[str, Any]
@@ -246,7 +306,7 @@ class _PairEncoder:
         prompt = self._prompt(record)
         answers = self._answers(record)
         prompt_text, answer_texts = self._render(prompt, answers)
-        prompt_ids = self._prompt_ids(prompt_text)
+        prompt_ids = self._prompt_ids(prompt_text, self._image_tokens(image))
         room = self.max_length - len(prompt_ids)
         if room < 1:
             raise _Invalid(
@@ -314,18 +374,18 @@ class _PairEncoder:
             answer_texts[column] = full_text[len(prompt_text) :]
         return prompt_text, answer_texts
 
-    def _prompt_ids(self, prompt_text: str) -> list[int]:
+    def _prompt_ids(self, prompt_text: str, n_image_tokens: int) -> list[int]:
         # Templates that write the BOS themselves (ours) must not get a second one; llava-hf's
         # leaves it to the tokenizer. Same rule as generation.
         bos = self.tokenizer.bos_token
         add_special = not (bos and prompt_text.startswith(bos))
-        expanded = prompt_text.replace(self.image_token, self.image_token * self.n_image_tokens)
+        expanded = prompt_text.replace(self.image_token, self.image_token * n_image_tokens)
         prompt_ids = self.tokenizer(expanded, add_special_tokens=add_special)["input_ids"]
         n_found = sum(1 for t in prompt_ids if t == self.processor.image_token_id)
-        if n_found != self.n_image_tokens:
+        if n_found != n_image_tokens:
             raise _Invalid(
                 PAIR_IMAGE_TOKENS,
-                f"prompt has {n_found} image tokens, expected {self.n_image_tokens}",
+                f"prompt has {n_found} image tokens, expected {n_image_tokens}",
             )
         return prompt_ids
 
@@ -365,12 +425,71 @@ def require_pairs(encoded: EncodedPairs, n_given: int, what: str = "training") -
         )
 
 
+ImageInputs = dict[str, torch.Tensor]
+"""What the image processor makes of images, batched: ``pixel_values`` and, for LLaVA-NeXT,
+``image_sizes`` (its ``pixel_values`` are ``(n, crops, 3, H, W)``, zero-padded to the most
+crops)."""
+
+NOISY_PREFIX = "noisy_"
+_TEXT_KEYS = frozenset({"input_ids", "attention_mask", "labels", "pair_index"})
+
+
+def _pad_to(tensor: torch.Tensor, n: int) -> torch.Tensor:
+    """``tensor`` with zero rows appended along dim 0 up to ``n`` (LLaVA-NeXT's crop padding:
+    the model reads each image's real crop count from ``image_sizes``)."""
+    if tensor.shape[0] == n:
+        return tensor
+    return torch.cat([tensor, tensor.new_zeros(n - tensor.shape[0], *tensor.shape[1:])])
+
+
+def stack_images(items: Sequence[Mapping[str, torch.Tensor]]) -> ImageInputs:
+    """One image's processor outputs each → a batch (crop counts padded to the largest)."""
+    out: ImageInputs = {}
+    for key in items[0]:
+        tensors = [item[key] for item in items]
+        if len({t.shape for t in tensors}) > 1:
+            n = max(t.shape[0] for t in tensors)
+            tensors = [_pad_to(t, n) for t in tensors]
+        out[key] = torch.stack(tensors)
+    return out
+
+
+def concat_images(*parts: Mapping[str, torch.Tensor]) -> ImageInputs:
+    """Batches of image inputs → one batch, rows in order (crop counts padded alike)."""
+    out: ImageInputs = {}
+    for key in parts[0]:
+        tensors = [part[key] for part in parts]
+        if tensors[0].dim() > 2 and len({t.shape[1] for t in tensors}) > 1:
+            n = max(t.shape[1] for t in tensors)
+            tensors = [_pad_to(t.transpose(0, 1), n).transpose(0, 1) for t in tensors]
+        out[key] = torch.cat(tensors)
+    return out
+
+
+def repeat_images(images: Mapping[str, torch.Tensor], times: int) -> ImageInputs:
+    """Each row of every image input repeated ``times`` over, as blocks (a view-free repeat)."""
+    return {k: v.repeat(times, *([1] * (v.dim() - 1))) for k, v in images.items()}
+
+
+def image_inputs(batch: Mapping[str, torch.Tensor], prefix: str = "") -> ImageInputs:
+    """The clean image inputs of a :class:`PairCollator` batch, or the noisy ones
+    (``prefix=NOISY_PREFIX``), keyed as the model's forward takes them."""
+    if prefix:
+        return {k[len(prefix) :]: v for k, v in batch.items() if k.startswith(prefix)}
+    return {
+        k: v
+        for k, v in batch.items()
+        if k not in _TEXT_KEYS and not k.startswith(("ref_", NOISY_PREFIX))
+    }
+
+
 class ImageBank:
     """Processed pixel values of the pairs' clean and noisy images, optionally kept in memory.
 
     Clean images are processed once per path, noisy ones once per pair id (each pair's noise is
     seeded by its id, see :func:`povid_kedro.training.noise.noisy_image`, so it is the same every
-    epoch and every run).
+    epoch and every run). Each image is processed on its own, so its tensors do not depend on
+    the batch it first came in (LLaVA-NeXT pads crops to the batch's largest count).
 
     Args:
         processor: The processor (its ``image_processor`` is used).
@@ -390,15 +509,26 @@ class ImageBank:
         self.load_image = load_image
         self.noise = noise
         self.cache = cache
-        self._clean: dict[str, torch.Tensor] = {}
-        self._noisy: dict[str, torch.Tensor] = {}
+        self._clean: dict[str, dict[str, torch.Tensor]] = {}
+        self._noisy: dict[str, dict[str, torch.Tensor]] = {}
 
     def _open(self, path: str) -> Image.Image:
         image = self.load_image(path)
         return image if image.mode == "RGB" else image.convert("RGB")
 
-    def _process(self, images: list[Image.Image]) -> torch.Tensor:
-        return self.image_processor(images=images, return_tensors="pt")["pixel_values"]
+    def size(self, path: str) -> tuple[int, int]:
+        """``(width, height)`` of the image at ``path`` (for per-size image-token counts)."""
+        return self.load_image(path).size
+
+    def _process(self, image: Image.Image) -> dict[str, torch.Tensor]:
+        out = self.image_processor(images=[image], return_tensors="pt")
+        if "image_grid_thw" in out:
+            raise ValueError(
+                f"{type(self.image_processor).__name__} flattens images into patch rows "
+                "(Qwen2-VL's layout); POVID's trainer batches one tensor row per image "
+                "(LLaVA-1.5, LLaVA-NeXT): README, 'Model families'"
+            )
+        return {k: v[0] for k, v in out.items() if isinstance(v, torch.Tensor)}
 
     def check(self, encoded: EncodedPairs) -> list[InvalidPair]:
         """Open every image once (processing and caching it when caching); report failures by id.
@@ -414,7 +544,7 @@ class ImageBank:
             try:
                 image = self._open(path)
                 if self.cache and path not in self._clean:
-                    self._clean[path] = self._process([image])[0]
+                    self._clean[path] = self._process(image)
             except (
                 Exception
             ) as err:  # a broken image must name the pair, whatever the loader raises
@@ -425,30 +555,28 @@ class ImageBank:
             if p in failed
         ]
 
-    def clean(self, paths: Sequence[str]) -> torch.Tensor:
-        """``(n, 3, H, W)`` processed clean images."""
+    def clean(self, paths: Sequence[str]) -> ImageInputs:
+        """The processed clean images, one row each (``pixel_values`` ``(n, 3, H, W)`` for
+        LLaVA-1.5)."""
         todo = [p for p in dict.fromkeys(paths) if p not in self._clean]
-        fresh = (
-            dict(zip(todo, self._process([self._open(p) for p in todo]), strict=True))
-            if todo
-            else {}
-        )
+        fresh = {p: self._process(self._open(p)) for p in todo}
         if self.cache:
             self._clean.update(fresh)
-        return torch.stack([self._clean[p] if p in self._clean else fresh[p] for p in paths])
+        return stack_images([self._clean[p] if p in self._clean else fresh[p] for p in paths])
 
-    def noisy(self, ids: Sequence[str], paths: Sequence[str]) -> torch.Tensor:
-        """``(n, 3, H, W)`` processed noisy images, noise seeded per pair id."""
+    def noisy(self, ids: Sequence[str], paths: Sequence[str]) -> ImageInputs:
+        """The processed noisy images, one row each, noise seeded per pair id."""
         if self.noise is None:
             raise ValueError("noisy images need a NoiseConfig")
-        todo = [(i, p) for i, p in zip(ids, paths, strict=True) if i not in self._noisy]
-        fresh: dict[str, torch.Tensor] = {}
-        if todo:
-            noisy = [noisy_image(self._open(p), i, self.noise) for i, p in todo]
-            fresh = dict(zip([i for i, _ in todo], self._process(noisy), strict=True))
+        noise = self.noise
+        fresh = {
+            i: self._process(noisy_image(self._open(p), i, noise))
+            for i, p in zip(ids, paths, strict=True)
+            if i not in self._noisy
+        }
         if self.cache:
             self._noisy.update(fresh)
-        return torch.stack([self._noisy[i] if i in self._noisy else fresh[i] for i in ids])
+        return stack_images([self._noisy[i] if i in self._noisy else fresh[i] for i in ids])
 
 
 class PairCollator:
@@ -458,8 +586,10 @@ class PairCollator:
     ``[chosen; rejected]`` (``branches="stage1"`` and ``"teacher_forced"``) or
     ``[chosen; rejected; noisy_rejected]`` (``"generated"``), right-padded to one width, so every
     block goes through the model in one forward. ``pixel_values`` holds each pair's clean image once
-    (``(B, 3, H, W)``; the trainer repeats it per block as a view); ``noisy_pixel_values`` holds the
-    noisy image for the ``teacher_forced`` forward of the chosen rows. When a reference cache is
+    (``(B, 3, H, W)`` for LLaVA-1.5; with the processor's other image inputs, e.g. LLaVA-NeXT's
+    ``image_sizes``; the trainer repeats them per block); ``noisy_pixel_values`` (and
+    ``noisy_<input>``) hold the noisy image for the ``teacher_forced`` forward of the chosen
+    rows. When a reference cache is
     set, its values for the micro-batch come along as ``ref_<name>`` ``(B,)`` tensors.
 
     Args:
@@ -513,11 +643,12 @@ class PairCollator:
             "input_ids": input_ids,  # (n_blocks·B, T)
             "attention_mask": attention_mask,  # (n_blocks·B, T)
             "labels": labels,  # (n_blocks·B, T), -100 off-answer
-            "pixel_values": self.bank.clean(paths),  # (B, 3, H, W)
             "pair_index": torch.tensor(index, dtype=torch.long),  # (B,)
+            **self.bank.clean(paths),  # pixel_values (B, 3, H, W) for LLaVA-1.5
         }
         if self.branches == TEACHER_FORCED:
-            batch["noisy_pixel_values"] = self.bank.noisy([p.ids[i] for i in index], paths)
+            noisy = self.bank.noisy([p.ids[i] for i in index], paths)
+            batch.update({NOISY_PREFIX + k: v for k, v in noisy.items()})
         if self.reference is not None:
             for name, values in self.reference.items():
                 batch[f"ref_{name}"] = values[index]  # (B,)

@@ -70,15 +70,20 @@ from povid_kedro.training.checkpoints import (
 )
 from povid_kedro.training.config import Stage2Config, StageConfig
 from povid_kedro.training.data import (
+    NOISY_PREFIX,
     STAGE1,
     Branches,
     EncodedPairs,
     ImageBank,
+    ImageInputs,
     ImageLoader,
     InvalidPair,
     PairCollator,
+    concat_images,
     encode_pairs,
+    image_inputs,
     log_invalid_pairs,
+    repeat_images,
     require_pairs,
 )
 from povid_kedro.training.losses import (
@@ -294,14 +299,14 @@ class POVIDTrainer(DPOTrainer):
         model: Any,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
-        pixel_values: torch.Tensor,
+        images: ImageInputs,
         keep: int,
     ) -> torch.Tensor:
         # logits_to_keep: only the last `keep` positions go through the LM head, (R, keep, V).
         return model(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            pixel_values=pixel_values,
+            **images,
             logits_to_keep=keep,
             use_cache=False,
         ).logits
@@ -329,10 +334,7 @@ class POVIDTrainer(DPOTrainer):
         first_answer = int((labels != IGNORE_INDEX).float().argmax(dim=1).min())
         keep = width - first_answer + 1
         labels = labels[:, width - keep :]  # (R, keep), aligned with the kept logits
-        pixel_values = inputs["pixel_values"]
-        clean_pixels = pixel_values.repeat(
-            blocks, *([1] * (pixel_values.dim() - 1))
-        )  # (R, 3, H, W)
+        clean_images = repeat_images(image_inputs(inputs), blocks)  # pixel_values (R, 3, H, W)
         teacher_forced = self.branches == TEACHER_FORCED
         noisy_logits = None
         if teacher_forced and reference:
@@ -340,7 +342,7 @@ class POVIDTrainer(DPOTrainer):
                 model,
                 torch.cat([input_ids, input_ids[:b]]),
                 torch.cat([attention_mask, attention_mask[:b]]),
-                torch.cat([clean_pixels, inputs["noisy_pixel_values"]]),
+                concat_images(clean_images, image_inputs(inputs, NOISY_PREFIX)),
                 keep,
             )  # (R + B, keep, V)
             clean_logits, noisy_logits = logits[:-b], logits[-b:]
@@ -355,10 +357,10 @@ class POVIDTrainer(DPOTrainer):
                         model,
                         input_ids[:b],
                         attention_mask[:b],
-                        inputs["noisy_pixel_values"],
+                        image_inputs(inputs, NOISY_PREFIX),
                         keep,
                     )  # (B, keep, V)
-            clean_logits = self._logits(model, input_ids, attention_mask, clean_pixels, keep)
+            clean_logits = self._logits(model, input_ids, attention_mask, clean_images, keep)
         token_logps, mask = per_token_logps(clean_logits, labels)  # (R, keep-1) each
         terms: Terms = {
             "chosen": (token_logps[:b], mask[:b]),
@@ -736,7 +738,9 @@ def _sample_by_task(
 def _encode_checked(
     processor: Any, pairs: pd.DataFrame, bank: ImageBank, cfg: StageConfig, generated: bool
 ) -> EncodedPairs:
-    encoded = encode_pairs(processor, pairs, cfg.max_length, with_noisy_rejected=generated)
+    encoded = encode_pairs(
+        processor, pairs, cfg.max_length, with_noisy_rejected=generated, image_size=bank.size
+    )
     broken = bank.check(encoded)
     if broken:
         bad = {pair.id for pair in broken}
