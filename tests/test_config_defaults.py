@@ -17,6 +17,7 @@ from PIL import Image
 from povid_kedro.experiments import project_parameters
 from povid_kedro.modeling import build_model_and_processor, train_tokenizer
 from povid_kedro.modeling.config import ModelConfig, TokenizerConfig, TrainConfig
+from povid_kedro.modeling.vision import VisionPretrainConfig
 from povid_kedro.training.config import Stage2Config, StageConfig
 from povid_kedro.training.noise import NoiseConfig
 from povid_kedro.world.config import PopeConfig, TextConfig, VisualConfig, WorldConfig
@@ -59,6 +60,7 @@ GROUPS = [
     (ModelConfig, ("base_model", "model")),
     (TokenizerConfig, ("base_model", "tokenizer")),
     (TrainConfig, ("base_model", "train")),
+    (VisionPretrainConfig, ("base_model", "vision_pretraining")),
     (TextConfig, ("embedded_world", "text")),
     (VisualConfig, ("embedded_world", "visual")),
     (PopeConfig, ("embedded_world", "pope")),

@@ -21,6 +21,11 @@ from povid_kedro.modeling import (
     train_sft,
     train_tokenizer,
 )
+from povid_kedro.modeling.vision import (
+    VisionPretrainConfig,
+    presence_labels,
+    pretrain_vision_tower,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +42,8 @@ def train_scratch_model(
     extra_texts: Sequence[str] = (),
     task_weights: Mapping[str, float] | None = None,
     pack_turns: bool = False,
+    vision_pretraining: Mapping[str, Any] | None = None,
+    objects: Callable[[str], set[str]] | None = None,
     prepare: Callable[[Any], None] | None = None,
 ) -> tuple[Any, Any, TrainResult]:
     """Train a tokenizer and a tiny LLaVA on ground-truth rows.
@@ -55,6 +62,11 @@ def train_scratch_model(
             has one informative token against a description's dozens.
         pack_turns: Train the turns of a multi-turn record as one sequence (LLaVA's way, the
             image tokens paid once) instead of one sequence per turn.
+        vision_pretraining: :class:`~povid_kedro.modeling.vision.VisionPretrainConfig` fields:
+            first train the vision tower to name the objects of each training image's
+            descriptions (and freeze it), as LLaVA starts from a separately trained CLIP.
+        objects: Caption -> the object categories it names (CHAIR's parser); needed when
+            ``vision_pretraining`` has epochs.
         prepare: Called on the newly built model before training (an experiment's hook, e.g.
             loading or freezing a pretrained vision tower).
 
@@ -78,6 +90,23 @@ def train_scratch_model(
     texts = [*rows["prompt"], *rows["answer"], *extra_texts]
     tok = train_tokenizer(texts, TokenizerConfig.from_dict(dict(tokenizer)))
     net, processor = build_model_and_processor(ModelConfig.from_dict(dict(model)), tok)
+    vision_cfg = VisionPretrainConfig.from_dict(dict(vision_pretraining or {}))
+    vision: dict[str, Any] = {"losses": [], "seconds": 0.0}
+    if vision_cfg.epochs > 0:
+        if objects is None:
+            raise ValueError("vision_pretraining needs `objects` (a caption's object categories)")
+        described = rows[rows["task_type"] == "description"]
+        paths, categories, labels = presence_labels(
+            described.groupby("image")["answer"].apply(list).to_dict(), objects
+        )
+        if not categories:
+            raise ValueError(
+                "vision_pretraining: the training descriptions name no object of the synonym "
+                "list; check object_synonyms or set base_model.vision_pretraining.epochs to 0"
+            )
+        vision = pretrain_vision_tower(
+            net, processor, [images[p] for p in paths], labels, vision_cfg
+        )
     if prepare is not None:
         prepare(net)
     sft_rows = [
@@ -99,6 +128,8 @@ def train_scratch_model(
         TrainConfig.from_dict(dict(train)),
         text_rows=warmup if text_warmup else None,
     )
+    result.vision_losses = vision["losses"]
+    result.seconds += vision["seconds"]
     logger.info(
         "base model trained on %d rows as %d sequences (%d images) in %.0f s, final loss %.3f",
         len(rows),
@@ -142,6 +173,8 @@ def loss_history(result: TrainResult, every: int) -> dict[str, list[dict[str, fl
         history[f"sft_loss_{task}"] = windows(values)
     if result.text_losses:
         history["text_warmup_loss"] = windows(result.text_losses)
+    if result.vision_losses:
+        history["vision_pretraining_loss"] = windows(result.vision_losses)
     history["train_seconds"] = [{"step": 0, "value": result.seconds}]
     return history
 

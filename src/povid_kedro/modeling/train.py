@@ -40,6 +40,7 @@ class TrainResult:
             the model is not learning, e.g. one-word answers stuck at chance, shows here and
             not in the total).
         seconds: Wall-clock time of the whole run (encoding included).
+        vision_losses: Loss of every vision-tower pretraining step (before this run).
     """
 
     losses: list[float] = field(default_factory=list)
@@ -47,6 +48,7 @@ class TrainResult:
     text_losses: list[float] = field(default_factory=list)
     task_losses: dict[str, list[float]] = field(default_factory=dict)
     seconds: float = 0.0
+    vision_losses: list[float] = field(default_factory=list)
 
 
 def cosine_lr(step: int, total: int, peak: float, warmup: int, min_ratio: float) -> float:

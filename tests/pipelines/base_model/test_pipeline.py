@@ -67,6 +67,7 @@ def _catalog(tmp_path, scenes, **overrides):
     catalog = DataCatalog()
     catalog["ground_truth_train"] = MemoryDataset(ground_truth, copy_mode="assign")
     catalog["train_images"] = MemoryDataset(images.load(), copy_mode="assign")
+    catalog["object_synonyms"] = MemoryDataset("circle\nsquare\n")
     catalog["params:base_model"] = MemoryDataset(params)
     catalog["params:evaluate"] = MemoryDataset(project_parameters()["evaluate"])
     catalog["base_model"] = HFModelDataset(str(tmp_path / "base_model"))
@@ -119,3 +120,22 @@ def test_pretrained_without_a_path_fails_naming_the_key(tmp_path, scenes):
     catalog = _catalog(tmp_path, scenes, source="pretrained", pretrained_path=None)
     with pytest.raises(ValueError, match="base_model.pretrained_path is empty"):
         SequentialRunner().run(create_pipeline(), catalog)
+
+
+def test_vision_pretraining_reaches_the_tower_and_leaves_it_frozen(tmp_path, scenes):
+    plain = _catalog(tmp_path / "plain", scenes)
+    SequentialRunner().run(create_pipeline(), plain)
+    defaults = project_parameters()["base_model"]["vision_pretraining"]
+    pretrained = _catalog(
+        tmp_path / "pretrained",
+        scenes,
+        vision_pretraining={**defaults, "epochs": 3, "batch_size": 3},
+    )
+    SequentialRunner().run(create_pipeline(), pretrained)
+    assert "vision_pretraining_loss" not in plain.load("base_model_training_metrics")
+    curve = pretrained.load("base_model_training_metrics")["vision_pretraining_loss"]
+    # 3 epochs of 2 steps, averaged over log_every (2) steps
+    assert [p["step"] for p in curve] == [2, 4, 6] and curve[-1]["value"] < curve[0]["value"]
+    (a, _), (b, _) = plain.load("base_model"), pretrained.load("base_model")
+    tower_a, tower_b = a.model.vision_tower.state_dict(), b.model.vision_tower.state_dict()
+    assert any(not (tower_a[k] == tower_b[k]).all() for k in tower_a)

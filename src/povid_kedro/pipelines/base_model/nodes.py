@@ -10,6 +10,7 @@ from matplotlib.figure import Figure
 
 from povid_kedro.datasets.hf_model import ModelReference
 from povid_kedro.ingest.images import ImageFolder
+from povid_kedro.metrics.chair import ObjectExtractor
 from povid_kedro.modeling import load_model_dir
 from povid_kedro.modeling.scratch import loss_figure, loss_history, train_scratch_model
 
@@ -19,6 +20,7 @@ logger = logging.getLogger(__name__)
 def build_base_model_node(
     ground_truth_train: pd.DataFrame,
     train_images: ImageFolder,
+    object_synonyms: str,
     base_params: dict[str, Any],
     evaluate_params: dict[str, Any],
 ) -> tuple[Any, dict[str, list[dict[str, float]]], Figure]:
@@ -27,6 +29,8 @@ def build_base_model_node(
     Args:
         ground_truth_train: Canonical ground truth, train split.
         train_images: Its image root.
+        object_synonyms: CHAIR's synonym list: the object words of the descriptions the vision
+            tower is pretrained to name (``base_model.vision_pretraining``).
         base_params: The ``base_model`` parameters (``source`` picks the branch).
         evaluate_params: The ``evaluate`` parameters: their prompts go into the tokenizer's
             training text so that evaluation questions tokenize like training text.
@@ -58,6 +62,8 @@ def build_base_model_node(
         extra_texts=[evaluate_params["description_prompt"], evaluate_params["pope_template"]],
         task_weights=base_params.get("task_weights"),
         pack_turns=bool(base_params.get("pack_turns", False)),
+        vision_pretraining=base_params.get("vision_pretraining"),
+        objects=ObjectExtractor(object_synonyms).objects,
     )
     every = int(base_params["train"].get("log_every", 100))
     return (model, processor), loss_history(result, every), loss_figure(result)

@@ -13,6 +13,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 inputs=[
                     "ground_truth_train",
                     "train_images",
+                    "object_synonyms",
                     "params:base_model",
                     "params:evaluate",
                 ],
