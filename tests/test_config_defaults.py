@@ -117,3 +117,11 @@ def test_the_levit_environment_builds_its_tower_and_world():
     batch = processor(text=[processor.image_token], images=[image], return_tensors="pt")
     assert int((batch["input_ids"] == model.config.image_token_id).sum()) == 36
     assert model.model.get_image_features(batch["pixel_values"]).pooler_output[0].shape[0] == 36
+
+
+def test_the_pretrained_tower_environment_is_levit_with_a_pretrained_frozen_tower():
+    levit, params = project_parameters("levit"), project_parameters("pretrained_tower")
+    assert params["base_model"]["model"] == levit["base_model"]["model"]
+    assert params["embedded_world"] == levit["embedded_world"]
+    cfg = VisionPretrainConfig.from_dict(params["base_model"]["vision_pretraining"])
+    assert cfg.epochs > 0 and cfg.freeze
