@@ -190,6 +190,11 @@ def test_an_evaluate_typo_is_caught(project):
         run_pipeline(project, "evaluate", {"evaluate": {"max_image": 2}})
 
 
+def test_a_vision_pretraining_typo_is_caught(project):
+    with pytest.raises(ParameterError, match=r"unknown VisionPretrainConfig keys \['epoch'\]"):
+        run_pipeline(project, "base_model", {"base_model": {"vision_pretraining": {"epoch": 3}}})
+
+
 def test_an_ablation_row_typo_names_the_row_before_any_training(project):
     rows = {"povid": {}, "noise_only": {"stage_2": {"hallucination_weight": 0}}}
     with pytest.raises(ParameterError) as err:

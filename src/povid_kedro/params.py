@@ -23,6 +23,7 @@ from povid_kedro.evaluation.gate import check_guard_names
 from povid_kedro.hallucination import InjectConfig
 from povid_kedro.ingest import IngestConfig
 from povid_kedro.modeling.config import GenerateConfig, ModelConfig, TokenizerConfig, TrainConfig
+from povid_kedro.modeling.vision import VisionPretrainConfig
 from povid_kedro.training import DPOTrainingConfig
 from povid_kedro.training.noise import NoiseConfig, noise_fields
 from povid_kedro.world import WorldConfig
@@ -84,6 +85,7 @@ class BaseModelParams(_Strict):
     tokenizer: dict[str, Any]
     model: dict[str, Any]
     train: dict[str, Any]
+    vision_pretraining: dict[str, Any] | None = None
 
 
 def _evaluate(values: Mapping[str, Any]) -> None:
@@ -104,6 +106,7 @@ def _base_model(values: Mapping[str, Any]) -> None:
     _build(TokenizerConfig, params.tokenizer, "tokenizer")
     _build(ModelConfig, params.model, "model")
     _build(TrainConfig, params.train, "train")
+    _build(VisionPretrainConfig, params.vision_pretraining or {}, "vision_pretraining")
 
 
 def _noise(values: Mapping[str, Any]) -> None:
