@@ -48,6 +48,7 @@ from transformers import CLIPVisionModel, LevitConfig, LevitModel  # noqa: E402
 from povid_kedro.experiments import deep_merge, project_parameters  # noqa: E402
 from povid_kedro.metrics.cooccurrence import partner_categories  # noqa: E402
 from povid_kedro.modeling import load_model_dir  # noqa: E402
+from povid_kedro.modeling.vision import image_tokens  # noqa: E402
 from povid_kedro.world import WorldConfig, generate_world, validation_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,15 +104,7 @@ def _tower(model: Any, kind: str) -> tuple[nn.Module, int, Any]:
     """
     if kind == "base":
         tower = type(model.model.vision_tower)(model.config.vision_config)
-        layer = model.config.vision_feature_layer
-        skip = 1 if model.config.vision_feature_select_strategy == "default" else 0
-        return (
-            tower,
-            model.config.vision_config.hidden_size,
-            lambda p: tower(pixel_values=p, output_hidden_states=True).hidden_states[layer][
-                :, skip:
-            ],
-        )
+        return tower, model.config.vision_config.hidden_size, image_tokens(tower, model.config)
     if kind == "clip":
         tower = CLIPVisionModel(model.config.vision_config)
         return (

@@ -4,16 +4,17 @@ tiles an image into a size-dependent grid of crops, so the image-token count var
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from transformers import (
-    CLIPVisionConfig,
-    LlamaConfig,
     LlavaNextConfig,
     LlavaNextForConditionalGeneration,
     LlavaNextImageProcessorPil,
     LlavaNextProcessor,
 )
 
+from povid_kedro.modeling.factory import build_llava_config
 from povid_kedro.schema import IMAGE_TOKEN
 from tests.support.tiny import TINY_MODEL
 
@@ -24,34 +25,15 @@ NEXT_PINPOINTS = [[32, 32], [32, 64], [64, 32], [64, 64]]
 
 def tiny_llava_next(tokenizer, seed: int = 0):
     """A freshly initialised tiny LLaVA-NeXT (CLIP tower, Llama LM) and its processor."""
-    cfg = TINY_MODEL
-    vision = CLIPVisionConfig(
-        image_size=cfg.image_size,
-        patch_size=cfg.patch_size,
-        hidden_size=cfg.vision_hidden_size,
-        num_hidden_layers=cfg.vision_layers,
-        num_attention_heads=cfg.vision_heads,
-        intermediate_size=cfg.vision_intermediate_size,
-    )
-    text = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=cfg.text_hidden_size,
-        intermediate_size=cfg.text_intermediate_size,
-        num_hidden_layers=cfg.text_layers,
-        num_attention_heads=cfg.text_heads,
-        num_key_value_heads=cfg.text_kv_heads,
-        max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    cfg = dataclasses.replace(TINY_MODEL, max_position_embeddings=512)
+    llava = build_llava_config(cfg, tokenizer)  # the tiny LLaVA's tower and language model
     config = LlavaNextConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        vision_config=llava.vision_config,
+        text_config=llava.text_config,
+        image_token_index=llava.image_token_id,
         image_grid_pinpoints=NEXT_PINPOINTS,
-        vision_feature_layer=-1,
-        vision_feature_select_strategy="default",
+        vision_feature_layer=llava.vision_feature_layer,
+        vision_feature_select_strategy=llava.vision_feature_select_strategy,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -70,7 +52,7 @@ def tiny_llava_next(tokenizer, seed: int = 0):
         image_processor=image_processor,
         tokenizer=tokenizer,
         patch_size=cfg.patch_size,
-        vision_feature_select_strategy="default",
+        vision_feature_select_strategy=config.vision_feature_select_strategy,
         num_additional_image_tokens=1,  # CLIP's CLS, dropped by "default"
         chat_template=tokenizer.chat_template,
         image_token=IMAGE_TOKEN,

@@ -78,9 +78,9 @@ def presence_labels(
     return paths, categories, labels
 
 
-def _image_tokens(model: Any) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The tower's image tokens at the layer the LLaVA model reads, ``(n, tokens, width)``."""
-    tower, config = model.model.vision_tower, model.config
+def image_tokens(tower: nn.Module, config: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``tower``'s image tokens at the layer a LLaVA model with ``config`` reads,
+    ``(n, tokens, width)``."""
     layer = config.vision_feature_layer
     skip = 1 if config.vision_feature_select_strategy == "default" else 0  # CLIP's CLS
 
@@ -120,7 +120,8 @@ def pretrain_vision_tower(
             for i in range(0, len(images), 256)
         ]
     )
-    tower, tokens = model.model.vision_tower, _image_tokens(model)
+    tower = model.model.vision_tower
+    tokens = image_tokens(tower, model.config)
     generator = torch.Generator().manual_seed(cfg.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
