@@ -16,14 +16,15 @@ itself.
 
 A variant's overrides are ``{"stage1": {...}, "stage2": {...}, "noise": {...}, "stages": [1, 2],
 "on_policy": {...}}`` (``stages``: which stages run; ``[2]`` trains stage 2 on the base model
-directly; ``on_policy``: :class:`~povid_kedro.hallucination.onpolicy.OnPolicyConfig` fields plus
-``stages`` — the stages whose description pairs are replaced by the base model's own sampled
-descriptions, scored against the training scenes' objects; the seed is the run's).
+directly; ``on_policy``: overrides of the ``on_policy`` parameters, which it enables — the
+stages whose description pairs are replaced by the model's own scored samples, made by the
+``dpo_training`` pairs nodes' function; the seed is the run's).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -41,9 +42,8 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from povid_kedro.experiments import deep_merge, project_parameters  # noqa: E402
-from povid_kedro.hallucination.onpolicy import OnPolicyConfig, on_policy_pairs  # noqa: E402
+from povid_kedro.hallucination.onpolicy import OnPolicyConfig, PairSources  # noqa: E402
 from povid_kedro.ingest.images import ImageFolder  # noqa: E402
-from povid_kedro.metrics.chair import Chair  # noqa: E402
 from povid_kedro.modeling import load_model_dir  # noqa: E402
 from povid_kedro.pipelines.ablation.nodes import (  # noqa: E402
     score_on_split,
@@ -51,8 +51,6 @@ from povid_kedro.pipelines.ablation.nodes import (  # noqa: E402
 )
 from povid_kedro.training import DPOTrainingConfig, train_stage1, train_stage2  # noqa: E402
 from povid_kedro.training.noise import NoiseConfig, noise_fields  # noqa: E402
-from povid_kedro.world import WorldConfig  # noqa: E402
-from povid_kedro.world.formats import coco_instances  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADLINE = (
@@ -93,62 +91,37 @@ class ValidationSplit:
         return row
 
 
-def train_truth(params: dict[str, Any], data: Path) -> tuple[Chair, dict[str, int]]:
-    """CHAIR over the training scenes' objects (a COCO instances document built from them)."""
-    scenes = json.loads((data / "01_raw" / "world" / "scenes.json").read_text())["train"]
-    areas = {s["file_name"]: [0] * len(s["objects"]) for s in scenes}
-    instances = coco_instances(WorldConfig.from_dict(params["embedded_world"]), scenes, areas)
-    synonyms = (data / "01_raw" / "world" / "synonyms.txt").read_text()
-    chair = Chair(synonyms, instances, {"images": [], "annotations": []})
-    return chair, {s["file_name"]: s["image_id"] for s in scenes}
-
-
 _ON_POLICY: dict[str, tuple[pd.DataFrame, dict[str, float]]] = {}
 
 
-def with_on_policy(
-    pairs: pd.DataFrame, spec: dict[str, Any], seed: int, params: dict[str, Any], data: Path
+def on_policy(
+    model: Any,
+    processor: Any,
+    pairs: pd.DataFrame,
+    cfg: OnPolicyConfig,
+    data: Path,
+    cache_key: str | None = None,
 ) -> tuple[pd.DataFrame, dict[str, float]]:
-    """The pairs with their train-split descriptions replaced by on-policy ones (made once per
-    seed and sampling settings in this process: variants that differ only in training share
-    them)."""
-    key = json.dumps([seed, {k: v for k, v in spec.items() if k != "stages"}], sort_keys=True)
-    if key not in _ON_POLICY:
-        _ON_POLICY[key] = _make_on_policy(pairs, spec, seed, params, data)
-    made, stats = _ON_POLICY[key]
-    return made, dict(stats)
-
-
-def _make_on_policy(
-    pairs: pd.DataFrame, spec: dict[str, Any], seed: int, params: dict[str, Any], data: Path
-) -> tuple[pd.DataFrame, dict[str, float]]:
-    model, processor = load_model_dir(data / "06_models" / "base_model")
-    images = ImageFolder(data / "01_raw" / "world" / "train2014")
-    chair, ids = train_truth(params, data)
-    grammar = json.loads((data / "01_raw" / "world" / "description_grammar.json").read_text())
-    descriptions = pairs[(pairs["task_type"] == "description") & (pairs["split"] == "train")]
-    # One row per image (its description prompt), at most max_images of them.
-    descriptions = descriptions.drop_duplicates("image")
-    limit = spec.get("max_images")
-    if limit and limit < len(descriptions):
-        descriptions = descriptions.sample(n=limit, random_state=seed)
-    settings = {k: v for k, v in spec.items() if k not in ("stages", "max_images")}
-    cfg = OnPolicyConfig(**settings, seed=seed)
-    made, stats = on_policy_pairs(
-        model,
-        processor,
-        descriptions,
-        images.open,
-        chair,
-        ids,
-        cfg,
-        grammar["sentence_forms"],
-        json.loads((data / "01_raw" / "world" / "partners.json").read_text()),
+    """The ``dpo_training`` pairs node's function on a run's data; with ``cache_key`` made once
+    in this process (stage-1 pairs from the base model: variants that differ only in training
+    share them)."""
+    if cache_key is not None and cache_key in _ON_POLICY:
+        made, stats = _ON_POLICY[cache_key]
+        return made, dict(stats)
+    world = data / "01_raw" / "world"
+    sources = PairSources(
+        ImageFolder(world / "train2014").open,
+        lambda: json.loads((world / "annotations" / "instances_train2014.json").read_text()),
+        (world / "synonyms.txt").read_text(),
+        json.loads((world / "partners.json").read_text()),
+        json.loads((world / "description_grammar.json").read_text())["sentence_forms"],
     )
-    # Every train description pair is replaced (also those of images not sampled).
-    kept = pairs[~((pairs["task_type"] == "description") & (pairs["split"] == "train"))]
-    columns = list(pairs.columns)
-    return pd.concat([kept, made[columns]], ignore_index=True), stats
+    start = time.perf_counter()
+    made, stats = sources((model, processor), pairs, cfg)
+    stats["seconds"] = round(time.perf_counter() - start, 1)
+    if cache_key is not None:
+        _ON_POLICY[cache_key] = made, stats
+    return made, dict(stats)
 
 
 def run_variant(
@@ -169,26 +142,32 @@ def run_variant(
     cfg = DPOTrainingConfig.from_dict(dpo)
     noise_params = deep_merge(params["noise_trigger"], overrides.get("noise", {}))
     noise = NoiseConfig.from_dict(noise_fields(noise_params))
+    # A variant that names on_policy turns it on; the run's seed draws the samples.
+    policy = OnPolicyConfig.from_dict(
+        deep_merge(params["on_policy"], overrides.get("on_policy", {}))
+        | ({"enabled": True, "seed": seed} if "on_policy" in overrides else {})
+    )
     pairs = pd.read_parquet(data / "05_model_input" / "trl_preferences.parquet")
     out: dict[str, Any] = {"seed": seed}
-    stage_pairs = {1: pairs, 2: pairs}
-    if "on_policy" in overrides:
-        spec = dict(overrides["on_policy"])
-        start = time.perf_counter()
-        made, out["on_policy"] = with_on_policy(pairs, spec, seed, params, data)
-        out["on_policy"]["seconds"] = round(time.perf_counter() - start, 1)
-        for stage in spec.get("stages", [1]):
-            stage_pairs[stage] = made
     images = ImageFolder(data / "01_raw" / "world" / "train2014")
     model, processor = load_model_dir(data / "06_models" / "base_model")
     start = time.perf_counter()
     if 1 in stages:
-        model, report = train_stage1(model, processor, stage_pairs[1], images.open, cfg.stage1)
+        stage_pairs = pairs
+        if policy.enabled and 1 in policy.stages:
+            key = json.dumps([dataclasses.asdict(policy)], sort_keys=True)
+            stage_pairs, out["on_policy"] = on_policy(model, processor, pairs, policy, data, key)
+        model, report = train_stage1(model, processor, stage_pairs, images.open, cfg.stage1)
         out["stage1_final"] = report.summary()
     if 2 in stages:
-        model, report = train_stage2(
-            model, processor, stage_pairs[2], images.open, cfg.stage2, noise
-        )
+        stage_pairs = pairs
+        if policy.enabled and 2 in policy.stages:
+            # From the model stage 2 starts from (the base model when stage 1 is skipped).
+            key = None if 1 in stages else json.dumps([dataclasses.asdict(policy)], sort_keys=True)
+            stage_pairs, out["on_policy_stage2"] = on_policy(
+                model, processor, pairs, policy, data, key
+            )
+        model, report = train_stage2(model, processor, stage_pairs, images.open, cfg.stage2, noise)
         out["stage2_final"] = report.summary()
     out["train_seconds"] = round(time.perf_counter() - start, 1)
     out["metrics"] = split.score(model, processor, params["evaluate"])

@@ -3,6 +3,7 @@ MLflow store, parameters with typos or wrong types. Real sessions, real processe
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -91,6 +92,22 @@ def test_a_run_killed_outright_is_marked_by_the_next_one(project):
     assert killed.info.status == "KILLED"
     assert "process died" in killed.data.tags["povid.stopped_by"]
     assert client.get_logged_model(pending.model_id).status == LoggedModelStatus.FAILED
+
+
+def test_a_run_killed_before_the_lock_recorded_it_is_found_by_the_next_one(project):
+    # The window between kedro-mlflow opening the run and the lock recording it: a process killed
+    # there leaves a lock without a run id and a run RUNNING that started after the lock.
+    run_pipeline(project, "embedded_world")
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("povid_kedro").experiment_id
+    (project / LOCK_FILE).write_text(
+        json.dumps({"pid": 2**22 + 1, "started_ms": int(time.time() * 1000) - 1})
+    )
+    orphan = client.create_run(experiment).info.run_id
+    run_pipeline(project, "embedded_world")
+    killed = client.get_run(orphan)
+    assert killed.info.status == "KILLED"
+    assert "process died" in killed.data.tags["povid.stopped_by"]
 
 
 @contextmanager

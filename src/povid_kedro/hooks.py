@@ -289,7 +289,14 @@ class RunGuardHooks:
                 "mlflow_run_id": active.info.run_id,
             }
             _write_lock(self._lock, record)
-        mark_killed_run(self._previous.get("mlflow_run_id"), active.info.run_id if active else None)
+        current = active.info.run_id if active else None
+        killed = self._previous.get("mlflow_run_id")
+        if killed is None and active is not None:
+            # The previous holder died between opening its MLflow run and recording it here
+            # (kedro-mlflow logs every parameter in between): its run is the one left RUNNING
+            # since it took the lock.
+            killed = orphaned_run(self._previous, active.info.experiment_id, current)
+        mark_killed_run(killed, current)
 
     def _interrupted(self, signum: int, frame: Any) -> None:
         import mlflow
@@ -411,9 +418,26 @@ def acquire_run_lock(path: Path, run_params: dict[str, Any]) -> tuple[Any, dict[
             "host": socket.gethostname(),
             "pipelines": run_params.get("pipeline_names") or ["__default__"],
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "started_ms": int(time.time() * 1000),  # MLflow's start_time unit
         },
     )
     return handle, previous
+
+
+def orphaned_run(previous: dict[str, Any], experiment_id: str, current: str | None) -> str | None:
+    """The run a dead lock holder opened without recording it: the one still RUNNING in this
+    experiment that started after the holder took the lock (the lock lets no other run start)."""
+    since = previous.get("started_ms")
+    if since is None:
+        return None
+    from mlflow import MlflowClient
+
+    runs = MlflowClient().search_runs(
+        [experiment_id],
+        filter_string=f"attributes.status = 'RUNNING' and attributes.start_time >= {int(since)}",
+    )
+    found = [run.info.run_id for run in runs if run.info.run_id != current]
+    return found[0] if len(found) == 1 else None
 
 
 def _read_lock(handle: Any) -> str:

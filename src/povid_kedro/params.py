@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, PositiveInt, TypeAdapter, Validation
 
 from povid_kedro.evaluation.gate import check_guard_names
 from povid_kedro.hallucination import InjectConfig
+from povid_kedro.hallucination.onpolicy import OnPolicyConfig
 from povid_kedro.ingest import IngestConfig
 from povid_kedro.modeling.config import GenerateConfig, ModelConfig, TokenizerConfig, TrainConfig
 from povid_kedro.modeling.vision import VisionPretrainConfig
@@ -146,6 +147,7 @@ READERS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
     "noise_trigger": _noise,
     "base_model": _base_model,
     "dpo_training": _reader(DPOTrainingConfig),
+    "on_policy": _reader(OnPolicyConfig),
     "evaluate": _evaluate,
     "ablation": _ablation,
 }

@@ -12,6 +12,7 @@ rate it also reports each run's own sampling standard error (from the images sco
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import statistics
@@ -22,6 +23,7 @@ from typing import Any
 
 import pandas as pd
 
+from povid_kedro.hallucination.onpolicy import OnPolicyConfig, source_id
 from povid_kedro.modeling.generate import generate
 from povid_kedro.params import deep_merge
 from povid_kedro.training import DPOTrainingConfig, train_stage1, train_stage2
@@ -29,7 +31,7 @@ from povid_kedro.training.noise import GENERATED, NoiseConfig, noisy_image
 
 logger = logging.getLogger(__name__)
 
-ROW_KEYS = ("stages", "stage1", "stage2", "noise")
+ROW_KEYS = ("stages", "stage1", "stage2", "noise", "on_policy")
 BASE_ROW = "base"
 # Metric -> its sampling standard error in the evaluate pipeline's row.
 SAMPLING_SE = {"chair_s": "chair_s_se", "cooc_partner_rate": "cooc_partner_rate_se"}
@@ -54,6 +56,8 @@ COLUMNS = (
 Model = tuple[Any, Any]
 Scorer = Callable[[Model], dict[str, float]]
 ImageLoader = Callable[[str], Any]
+# (the model a stage starts from, the injected pairs, settings) -> the stage's on-policy pairs
+OnPolicyMaker = Callable[[Model, pd.DataFrame, OnPolicyConfig], pd.DataFrame]
 
 
 @dataclass(frozen=True)
@@ -65,12 +69,15 @@ class AblationRow:
         stages: DPO stages trained, in order (``(2,)``: stage 2 directly on the base model).
         dpo: Overrides of the ``dpo_training`` parameters (``stage1`` / ``stage2`` keys).
         noise: Overrides of the ``noise_trigger`` parameters (``step``, ``mode``, ...).
+        on_policy: Overrides of the ``on_policy`` parameters, which a row that names them
+            turns on (``None``: the injected pairs).
     """
 
     name: str
     stages: tuple[int, ...] = (1, 2)
     dpo: dict[str, Any] = field(default_factory=dict)
     noise: dict[str, Any] = field(default_factory=dict)
+    on_policy: dict[str, Any] | None = None
 
 
 def ablation_rows(
@@ -79,8 +86,8 @@ def ablation_rows(
     """The rows of ``ablation.rows``, then one full-POVID row per swept noise step.
 
     Args:
-        rows: Row name -> ``{stages, stage1, stage2, noise}`` (each optional; ``{}`` is full
-            POVID with the configured defaults).
+        rows: Row name -> ``{stages, stage1, stage2, noise, on_policy}`` (each optional; ``{}``
+            is full POVID with the configured defaults).
         noise_steps: Noise steps ``k`` swept with full POVID (rows ``povid_k<k>``).
         only: Run just these rows, in the configured order (``None``: all).
 
@@ -103,7 +110,8 @@ def ablation_rows(
         if not stages or set(stages) - {1, 2} or list(stages) != sorted(set(stages)):
             raise ValueError(f"ablation.rows.{name}.stages: {list(stages)}; use [1], [2] or [1, 2]")
         dpo = {k: dict(spec[k]) for k in ("stage1", "stage2") if k in spec}
-        out.append(AblationRow(name, stages, dpo, dict(spec.get("noise") or {})))
+        policy = dict(spec["on_policy"] or {}) if "on_policy" in spec else None
+        out.append(AblationRow(name, stages, dpo, dict(spec.get("noise") or {}), policy))
     out += [AblationRow(f"povid_k{int(k)}", noise={"step": int(k)}) for k in noise_steps]
     names = [row.name for row in out]
     repeated = sorted({n for n in names if names.count(n) > 1})
@@ -141,16 +149,18 @@ def free_answers_under_noise(
 
 def _stage2_pairs(
     pairs: pd.DataFrame,
+    stage_pairs: pd.DataFrame,
     row_noise: NoiseConfig,
     model: Model,
     load_image: ImageLoader,
     cfg: DPOTrainingConfig,
     cache: dict[str, pd.DataFrame],
 ) -> pd.DataFrame:
-    """The pairs with ``noisy_rejected`` in ``generated`` mode: the base model's free answers for
-    the stage's task types, decoded once per noise setting and shared by the rows and seeds."""
+    """``stage_pairs`` with ``noisy_rejected`` in ``generated`` mode: the base model's free answers
+    to the injected ``pairs`` of the stage's task types, decoded once per noise setting and shared
+    by the rows and seeds (an on-policy pair takes the answer of the pair it replaced)."""
     if row_noise.mode != GENERATED:
-        return pairs
+        return stage_pairs
     key = repr((row_noise.step, row_noise.seed, sorted(row_noise.generate.items())))
     if key not in cache:
         task_mix = cfg.stage2.task_mix
@@ -165,7 +175,10 @@ def _stage2_pairs(
             row_noise.step,
             time.perf_counter() - start,
         )
-    return pairs.merge(cache[key], on="id", how="inner", validate="one_to_one")
+    answers = cache[key].rename(columns={"id": "source_id"})
+    keyed = stage_pairs.assign(source_id=stage_pairs["id"].map(source_id))
+    merged = keyed.merge(answers, on="source_id", how="inner", validate="one_to_one")
+    return merged.drop(columns="source_id")
 
 
 def run_ablation(
@@ -177,6 +190,7 @@ def run_ablation(
     seeds: Sequence[int],
     dpo_params: Mapping[str, Any],
     noise_params: Mapping[str, Any],
+    on_policy: tuple[Mapping[str, Any], OnPolicyMaker] | None = None,
 ) -> dict[str, Any]:
     """Train and score every row for every seed, each from a fresh copy of the base model.
 
@@ -189,6 +203,9 @@ def run_ablation(
         seeds: DPO seeds (each stage's ``seed``: data order, LoRA initialisation).
         dpo_params: The ``dpo_training`` parameters the rows override.
         noise_params: The ``noise_trigger`` parameters the rows override.
+        on_policy: The ``on_policy`` parameters the rows override and the function that makes
+            a stage's pairs (the ``dpo_training`` pairs nodes' function); needed by rows that
+            name ``on_policy``.
 
     Returns:
         ``{"seeds", "base": metrics, "rows": {name: {"stages", "overrides", "runs": [{"seed",
@@ -196,6 +213,7 @@ def run_ablation(
     """
     results: dict[str, Any] = {"seeds": list(seeds), "base": score(base), "rows": {}}
     free_answers: dict[str, pd.DataFrame] = {}
+    made: dict[str, pd.DataFrame] = {}  # on-policy pairs of the base model, per settings
     for row in rows:
         runs = []
         noise = NoiseConfig.from_dict(deep_merge(dict(noise_params), row.noise))
@@ -204,12 +222,18 @@ def run_ablation(
             cfg = DPOTrainingConfig.from_dict(
                 deep_merge(deep_merge(dict(dpo_params), row.dpo), stage_seeds)
             )
+            policy = _row_policy(row, seed, on_policy)
             model, processor = copy.deepcopy(base[0]), base[1]
             start = time.perf_counter()
             if 1 in row.stages:
-                model, _ = train_stage1(model, processor, pairs, load_image, cfg.stage1)
+                stage1 = _on_policy(1, True, policy, (model, processor), pairs, on_policy, made)
+                model, _ = train_stage1(model, processor, stage1, load_image, cfg.stage1)
             if 2 in row.stages:
-                stage2 = _stage2_pairs(pairs, noise, base, load_image, cfg, free_answers)
+                from_base = 1 not in row.stages
+                stage2 = _on_policy(
+                    2, from_base, policy, (model, processor), pairs, on_policy, made
+                )
+                stage2 = _stage2_pairs(pairs, stage2, noise, base, load_image, cfg, free_answers)
                 model, _ = train_stage2(model, processor, stage2, load_image, cfg.stage2, noise)
             seconds = round(time.perf_counter() - start, 1)
             metrics = score((model, processor))
@@ -225,10 +249,48 @@ def run_ablation(
             )
         results["rows"][row.name] = {
             "stages": list(row.stages),
-            "overrides": {**row.dpo, **({"noise": row.noise} if row.noise else {})},
+            "overrides": {
+                **row.dpo,
+                **({"noise": row.noise} if row.noise else {}),
+                **({"on_policy": row.on_policy} if row.on_policy is not None else {}),
+            },
             "runs": runs,
         }
     return results
+
+
+def _row_policy(
+    row: AblationRow, seed: int, on_policy: tuple[Mapping[str, Any], OnPolicyMaker] | None
+) -> OnPolicyConfig | None:
+    """The row's on-policy settings (the run's seed draws the samples), or ``None``."""
+    if row.on_policy is None:
+        return None
+    if on_policy is None:
+        raise ValueError(f"ablation row {row.name!r} names on_policy, but no pair maker was given")
+    values = deep_merge(dict(on_policy[0]), row.on_policy) | {"enabled": True, "seed": seed}
+    return OnPolicyConfig.from_dict(values)
+
+
+def _on_policy(
+    stage: int,
+    from_base: bool,
+    policy: OnPolicyConfig | None,
+    model: Model,
+    pairs: pd.DataFrame,
+    on_policy: tuple[Mapping[str, Any], OnPolicyMaker] | None,
+    made: dict[str, pd.DataFrame],
+) -> pd.DataFrame:
+    """The pairs a stage trains on: on-policy ones sampled from ``model`` when the row asks for
+    them in this stage, else the injected ones. Samples of the base model (``from_base``) are
+    made once per settings and seed and shared by rows."""
+    if policy is None or stage not in policy.stages or on_policy is None:
+        return pairs
+    if not from_base:
+        return on_policy[1](model, pairs, policy)
+    key = repr(sorted(dataclasses.asdict(policy).items()))
+    if key not in made:
+        made[key] = on_policy[1](model, pairs, policy)
+    return made[key]
 
 
 def summarise(results: Mapping[str, Any]) -> pd.DataFrame:

@@ -15,9 +15,10 @@ left out), so the only way to prefer the chosen answer on both is to look at the
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import pandas as pd
@@ -30,12 +31,28 @@ from povid_kedro.modeling.generate import generate
 
 logger = logging.getLogger(__name__)
 
+ID_SUFFIX = "_onpolicy"
+"""An on-policy pair's id is the injected pair's it replaces plus this suffix."""
+
+
+def source_id(pair_id: str) -> str:
+    """The injected pair an on-policy pair replaced (same image and prompt), else the id itself:
+    what the noise branch's free answers (keyed by the injected pairs' ids) are looked up by."""
+    return pair_id.removesuffix(ID_SUFFIX)
+
 
 @dataclass(frozen=True)
 class OnPolicyConfig:
-    """How the samples are drawn and paired.
+    """Whether the DPO stages train on on-policy pairs, and how the samples are drawn and paired
+    (the ``on_policy`` parameters).
 
     Attributes:
+        enabled: Replace the training split's description pairs of ``stages`` with on-policy
+            ones; off, every stage trains on the injected pairs.
+        stages: The stages that get on-policy pairs, each sampled from the model that stage
+            starts from (stage 2's from the stage-1 model: a second round).
+        max_images: Training images described (a seeded sample); ``None``: every image with a
+            description pair.
         samples_per_image: Descriptions drawn per image (``k``).
         temperature: Sampling temperature.
         top_p: Nucleus mass.
@@ -54,6 +71,9 @@ class OnPolicyConfig:
             neither are dropped), so that naming partners more or less is not the lesson.
     """
 
+    enabled: bool = False
+    stages: tuple[int, ...] = (1,)
+    max_images: int | None = None
     samples_per_image: int = 4
     temperature: float = 0.8
     top_p: float = 1.0
@@ -64,6 +84,27 @@ class OnPolicyConfig:
     max_extra_objects: int | None = None
     target: Literal["chair", "partner"] = "chair"
     balance: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stages", tuple(self.stages))
+        if not set(self.stages) <= {1, 2} or not self.stages:
+            raise ValueError(f"stages: give 1, 2 or both, got {list(self.stages)}")
+        if self.target not in ("chair", "partner"):
+            raise ValueError(f"target must be 'chair' or 'partner', got {self.target!r}")
+        if self.samples_per_image < 2:
+            raise ValueError(f"samples_per_image must be >= 2, got {self.samples_per_image}")
+        if self.max_images is not None and self.max_images < 1:
+            raise ValueError(f"max_images must be >= 1 or null, got {self.max_images}")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None) -> OnPolicyConfig:
+        """Build from the ``on_policy`` parameters; an unknown key is an error naming it."""
+        values = dict(values or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"on_policy: unknown keys {unknown}; known keys are {sorted(known)}")
+        return cls(**values)
 
 
 def _pick(
@@ -219,7 +260,7 @@ def on_policy_pairs(
         c, r = scored[picked[0]], scored[picked[1]]
         pairs.append(
             {
-                "id": f"{row['id']}_onpolicy",
+                "id": f"{row['id']}{ID_SUFFIX}",
                 "image": row["image"],
                 "prompt": row["prompt"],
                 "chosen": c["text"],
@@ -271,3 +312,103 @@ def on_policy_pairs(
         stats["mean_rejected_correct"],
     )
     return frame, stats
+
+
+def on_policy_preferences(
+    model: Any,
+    processor: Any,
+    pairs: pd.DataFrame,
+    load_image: Callable[[str], Image.Image],
+    instances: Mapping[str, Any],
+    synonyms: str,
+    cfg: OnPolicyConfig,
+    sentence_forms: Sequence[str] = (),
+    partners: Mapping[str, str | None] | None = None,
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """The preference pairs with every training-split description pair replaced by on-policy
+    ones (:func:`on_policy_pairs`); other task types and other splits are kept as they are.
+
+    Args:
+        model: The model the stage starts from (it writes the samples).
+        processor: Its processor.
+        pairs: Preference pairs ``id, image, prompt, chosen, rejected, split, task_type``.
+        load_image: Relative image path -> RGB image.
+        instances: COCO instances document of the training images (``file_name`` as the
+            pairs' ``image``).
+        synonyms: CHAIR's synonym list text.
+        cfg: Sampling and pairing settings.
+        sentence_forms: The data's sentence forms (degenerate samples are never paired).
+        partners: Category -> its usual companion (``target: partner`` only).
+
+    Returns:
+        The pairs (same columns) and the counts of :func:`on_policy_pairs`.
+    """
+    replaced = (pairs["task_type"] == "description") & (pairs["split"] == "train")
+    if not replaced.any():
+        raise ValueError(
+            "on-policy pairs need training-split description pairs to replace; the pairs have "
+            "none (inject_hallucinations.task_mix must include description)"
+        )
+    descriptions = pairs[replaced].drop_duplicates("image")  # one prompt per image
+    if cfg.max_images and cfg.max_images < len(descriptions):
+        descriptions = descriptions.sample(n=cfg.max_images, random_state=cfg.seed)
+    truth = Chair(synonyms, instances, {"images": [], "annotations": []})
+    image_ids = {str(image["file_name"]): image["id"] for image in instances["images"]}
+    made, stats = on_policy_pairs(
+        model,
+        processor,
+        descriptions,
+        load_image,
+        truth,
+        image_ids,
+        cfg,
+        sentence_forms,
+        partners,
+    )
+    if made.empty:
+        raise ValueError(
+            f"no on-policy pair from {len(descriptions)} images: no image had two usable "
+            "samples that differ enough; raise samples_per_image or temperature"
+        )
+    stats["replaced_pairs"] = float(replaced.sum())
+    return pd.concat([pairs[~replaced], made[list(pairs.columns)]], ignore_index=True), stats
+
+
+@dataclass
+class PairSources:
+    """What on-policy pairs are made from besides the model: the images and their truth.
+
+    Calling it is :func:`on_policy_preferences` with these; the instances document is read on
+    the first call (it may be COCO's 450 MB training annotations) and kept.
+
+    Attributes:
+        load_image: Relative image path -> RGB image.
+        instances: Reads the training images' COCO instances document.
+        synonyms: CHAIR's synonym list text.
+        partners: Category -> its usual companion.
+        sentence_forms: The data's sentence forms.
+    """
+
+    load_image: Callable[[str], Image.Image]
+    instances: Callable[[], Mapping[str, Any]]
+    synonyms: str
+    partners: Mapping[str, str | None]
+    sentence_forms: Sequence[str] = ()
+    _read: Mapping[str, Any] | None = field(default=None, init=False, repr=False)
+
+    def __call__(
+        self, model: tuple[Any, Any], pairs: pd.DataFrame, cfg: OnPolicyConfig
+    ) -> tuple[pd.DataFrame, dict[str, float]]:
+        if self._read is None:
+            self._read = self.instances()
+        return on_policy_preferences(
+            model[0],
+            model[1],
+            pairs,
+            self.load_image,
+            self._read,
+            self.synonyms,
+            cfg,
+            self.sentence_forms,
+            self.partners,
+        )

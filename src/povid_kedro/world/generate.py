@@ -50,6 +50,8 @@ class World:
         instructions: ``{"detail": [...], "complex_reasoning": [...], "vqa": [...]}``
             LLaVA-Instruct records for training images (``vqa``: one-word presence answers).
         instances: COCO ``instances_*.json`` document of the evaluation images.
+        train_instances: The same for the training images (what on-policy pairs are scored
+            against, as COCO's ``instances_train2014.json`` at real scale).
         captions: COCO ``captions_*.json`` document of the evaluation images.
         synonyms: Synonym list text (``canonical, syn1, ...`` per line).
         pope: POPE question records per split (``random``, ``popular``, ``adversarial``).
@@ -65,6 +67,7 @@ class World:
     eval_images: dict[str, Image.Image]
     instructions: dict[str, list[dict[str, Any]]]
     instances: dict[str, Any]
+    train_instances: dict[str, Any]
     captions: dict[str, Any]
     synonyms: str
     pope: dict[str, list[dict[str, Any]]]
@@ -179,8 +182,9 @@ def generate_world(cfg: WorldConfig) -> World:
                 captions[file_name] = writer.captions(rng, scene)
             scenes[split].append(scene)
 
-    instances = coco_instances(
-        cfg, scenes["eval"], {s["file_name"]: areas[s["file_name"]] for s in scenes["eval"]}
+    instances, train_instances = (
+        coco_instances(cfg, part, {s["file_name"]: areas[s["file_name"]] for s in part})
+        for part in (scenes["eval"], scenes["train"])
     )
     pope = {
         split: build_pope_questions(
@@ -193,6 +197,7 @@ def generate_world(cfg: WorldConfig) -> World:
         eval_images=images["eval"],
         instructions={"detail": detail, "complex_reasoning": reasoning, "vqa": short_qa},
         instances=instances,
+        train_instances=train_instances,
         captions=coco_captions(cfg, scenes["eval"], captions),
         synonyms=synonyms_text(cfg),
         pope=pope,

@@ -1,6 +1,6 @@
 """The ablation pipeline run by a Kedro runner on a catalog filled here: a small embedded world,
 a tiny LLaVA as the base model, every kind of row (SFT-only, stage 2 alone with free answers
-under noise, full POVID, a swept noise step) over two seeds."""
+under noise, full POVID, on-policy pairs, a swept noise step) over two seeds."""
 
 from __future__ import annotations
 
@@ -37,6 +37,15 @@ ROWS = {
         "noise": {"mode": "generated"},
     },
     "povid": {},
+    # On-policy pairs in both stages: stage 2's sampled from the stage-1 model.
+    "on_policy": {
+        "on_policy": {
+            "stages": [1, 2],
+            "samples_per_image": 16,
+            "temperature": 1.5,
+            "max_new_tokens": 24,
+        }
+    },
 }
 
 
@@ -66,7 +75,15 @@ def world(tmp_path_factory):
         [*chosen.values(), *pairs["rejected"], prompt, evaluate["pope_template"]],
         TokenizerConfig(vocab_size=400, min_frequency=1),
     )
-    return params, folder.load(), pairs, build_model_and_processor(TINY_WORLD_MODEL, tokenizer)
+    sources = {
+        "train_instances": lambda: world.train_instances,
+        "object_synonyms": world.synonyms,
+        "cooccurrence_partners": world.meta["partners"],
+        # The untrained model writes no sentence of the world's grammar: only repeats count.
+        "description_grammar": {"sentence_forms": []},
+    }
+    model = build_model_and_processor(TINY_WORLD_MODEL, tokenizer)
+    return params, folder.load(), pairs, model, sources
 
 
 def _params(world_params):
@@ -94,18 +111,20 @@ def _params(world_params):
         "params:dpo_training": dpo,
         "params:noise_trigger": noise,
         "params:evaluate": evaluate,
+        "params:on_policy": project_parameters()["on_policy"],
     }
 
 
 @pytest.fixture(scope="module")
 def ablated(world, tmp_path_factory):
-    world_params, images, pairs, model = world
+    world_params, images, pairs, model, sources = world
     before = {k: v.clone() for k, v in model[0].state_dict().items()}
     catalog = DataCatalog()
     inputs = {
         "base_model": model,
         "trl_preferences": pairs,
         "train_images": images,
+        **sources,
         **_params(world_params),
     }
     for name, value in inputs.items():
@@ -115,14 +134,14 @@ def ablated(world, tmp_path_factory):
     )
     for name in ("ablation_validation_truth", "ablation_results", "ablation_metrics"):
         catalog[name] = KeptDataset(copy_mode="assign")
-    for name in ("ablation_table", "ablation_report"):
+    for name in ("ablation_table", "ablation_report", "on_policy_sources"):
         catalog[name] = KeptDataset(copy_mode="assign")
     SequentialRunner().run(create_pipeline(), catalog)
     return catalog, world, before
 
 
 def test_every_row_is_trained_for_every_seed_and_scored_on_the_validation_split(ablated):
-    catalog, (world_params, _, _, _), _ = ablated
+    catalog, (world_params, *_), _ = ablated
     results = catalog.load("ablation_results")
     assert list(results["rows"]) == [*ROWS, "povid_k200"]
     for row in results["rows"].values():
@@ -133,6 +152,7 @@ def test_every_row_is_trained_for_every_seed_and_scored_on_the_validation_split(
             )
     assert results["rows"]["noise_only_generated"]["stages"] == [2]
     assert results["rows"]["povid_k200"]["overrides"] == {"noise": {"step": 200}}
+    assert results["rows"]["on_policy"]["overrides"] == ROWS["on_policy"]
     # The validation split: its own scenes, none of the evaluation split's.
     truth = catalog.load("ablation_validation_truth")
     assert len(truth["instances"]["images"]) == N_VAL
@@ -143,7 +163,7 @@ def test_every_row_is_trained_for_every_seed_and_scored_on_the_validation_split(
 
 
 def test_rows_start_from_the_base_model_which_stays_untouched(ablated):
-    catalog, (_, _, _, model), before = ablated
+    catalog, (_, _, _, model, _), before = ablated
     after = model[0].state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
 

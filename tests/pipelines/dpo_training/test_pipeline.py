@@ -4,18 +4,28 @@ a tiny LLaVA, saved into and read back from the project's model dataset."""
 from __future__ import annotations
 
 import random
+import re
 
 import pandas as pd
 import pytest
 import torch
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
+from kedro_datasets.pandas import ParquetDataset
 from matplotlib.figure import Figure
 
 from povid_kedro.datasets.hf_model import HFModelDataset
 from povid_kedro.datasets.image_folder import ImageFolderDataset
 from povid_kedro.experiments import project_parameters
-from povid_kedro.modeling import TokenizerConfig, build_model_and_processor, train_tokenizer
+from povid_kedro.metrics.chair import Chair
+from povid_kedro.modeling import (
+    SFTRow,
+    TokenizerConfig,
+    TrainConfig,
+    build_model_and_processor,
+    train_sft,
+    train_tokenizer,
+)
 from povid_kedro.pipelines.dpo_training import create_pipeline
 from povid_kedro.schema import DESCRIPTION
 from tests.modeling.conftest import PROMPT, make_scene
@@ -50,6 +60,23 @@ def world(tmp_path_factory):
     return root, images.load(), pairs
 
 
+def _truth(pairs: pd.DataFrame) -> dict:
+    """COCO instances of the images: the shapes their ground-truth captions name."""
+    categories = {"circle": 1, "square": 2}
+    annotations = [
+        {"id": n, "image_id": i, "category_id": categories[shape]}
+        for i, caption in enumerate(pairs["chosen"])
+        for n, shape in enumerate(re.findall(r"circle|square", caption))
+    ]
+    for n, annotation in enumerate(annotations):
+        annotation["id"] = n + 1
+    return {
+        "images": [{"id": i, "file_name": name} for i, name in enumerate(pairs["image"])],
+        "annotations": annotations,
+        "categories": [{"id": v, "name": k} for k, v in categories.items()],
+    }
+
+
 def _params(**overrides) -> dict:
     params = project_parameters()["dpo_training"]
     fast = {**FAST, "max_steps": STEPS, "logging_steps": 1, **overrides.pop("stages", {})}
@@ -69,10 +96,10 @@ def _params(**overrides) -> dict:
     }
 
 
-def _run(tmp_path, world, noise=None, noisy_responses=None, params=None):
+def _run(tmp_path, world, noise=None, noisy_responses=None, params=None, on_policy=None, base=None):
     root, images, pairs = world
     catalog = DataCatalog()
-    catalog["base_model"] = HFModelDataset(str(root / "base_model"))
+    catalog["base_model"] = HFModelDataset(str(base or root / "base_model"))
     catalog["trl_preferences"] = MemoryDataset(pairs, copy_mode="assign")
     catalog["train_images"] = MemoryDataset(images, copy_mode="assign")
     # What noise_trigger writes in teacher_forced mode: no free answers.
@@ -81,14 +108,32 @@ def _run(tmp_path, world, noise=None, noisy_responses=None, params=None):
         noisy_responses if noisy_responses is not None else empty
     )
     catalog["params:dpo_training"] = MemoryDataset(params or _params())
+    catalog["params:on_policy"] = MemoryDataset(
+        {**project_parameters()["on_policy"], **(on_policy or {})}
+    )
+    truth = _truth(pairs)
+    catalog["train_instances"] = MemoryDataset(lambda: truth, copy_mode="assign")
+    catalog["object_synonyms"] = MemoryDataset("circle\nsquare\n")
+    catalog["cooccurrence_partners"] = MemoryDataset({"circle": "square", "square": None})
+    catalog["description_grammar"] = MemoryDataset({"sentence_forms": []})
+    catalog["on_policy_sources"] = MemoryDataset(copy_mode="assign")
     catalog["params:noise_trigger"] = MemoryDataset(
         {**project_parameters()["noise_trigger"], **(noise or {})}
     )
     for name in ("stage1_model", "stage2_model"):
         catalog[name] = HFModelDataset(str(tmp_path / name))
-    for name in ("stage1_metrics", "stage1_curves", "stage2_candidate", "stage2_metrics"):
+    for name in (
+        "stage1_metrics",
+        "stage1_curves",
+        "stage2_candidate",
+        "stage2_metrics",
+        "stage1_on_policy_metrics",
+        "stage2_on_policy_metrics",
+    ):
         catalog[name] = MemoryDataset(copy_mode="assign")
     catalog["stage2_curves"] = MemoryDataset(copy_mode="assign")
+    for name in ("stage1_preferences", "stage2_preferences"):  # files: a runner frees memory
+        catalog[name] = ParquetDataset(filepath=str(tmp_path / f"{name}.parquet"))
     SequentialRunner().run(create_pipeline(), catalog)
     return catalog
 
@@ -165,3 +210,50 @@ def test_two_processes_train_what_one_process_trains_on_the_same_global_batch(tm
         a, b = _weights(one.load(name)[0]), _weights(two.load(name)[0])
         for key in a:
             assert torch.allclose(a[key], b[key], atol=1e-5), (name, key)
+
+
+def test_without_on_policy_both_stages_train_on_the_injected_pairs(tmp_path, world):
+    catalog = _run(tmp_path, world)
+    for stage in ("stage1", "stage2"):
+        pd.testing.assert_frame_equal(catalog.load(f"{stage}_preferences"), world[2])
+        assert catalog.load(f"{stage}_on_policy_metrics") == {}
+
+
+@pytest.fixture(scope="module")
+def described(world, tmp_path_factory):
+    """A base model trained briefly on the captions: it names shapes, not always the right ones."""
+    root, images, pairs = world
+    model, processor = HFModelDataset(str(root / "base_model")).load()
+    rows = [SFTRow(images.open(i), PROMPT, c) for i, c in zip(pairs["image"], pairs["chosen"])]
+    config = TrainConfig(steps=40, batch_size=8, lr=1e-2, max_length=96, log_every=0)
+    train_sft(model, processor, rows, config, progress=False)
+    path = tmp_path_factory.mktemp("described") / "base_model"
+    HFModelDataset(str(path)).save((model, processor))
+    return path
+
+
+def test_on_policy_stages_train_on_pairs_of_the_models_own_scored_samples(
+    tmp_path, world, described
+):
+    on_policy = {"enabled": True, "stages": [1, 2], "samples_per_image": 16, "temperature": 1.5}
+    catalog = _run(tmp_path, world, on_policy=on_policy, base=described)
+    instances = _truth(world[2])
+    chair = Chair("circle\nsquare\n", instances, {"images": [], "annotations": []})
+    ids = {image["file_name"]: image["id"] for image in instances["images"]}
+    for stage in ("stage1", "stage2"):
+        pairs = catalog.load(f"{stage}_preferences")
+        stats = {k: v[0]["value"] for k, v in catalog.load(f"{stage}_on_policy_metrics").items()}
+        # Every injected description pair is replaced by the images' own sampled pairs.
+        assert pairs["id"].str.endswith("_onpolicy").all(), pairs["id"].tolist()
+        assert list(pairs.columns) == list(world[2].columns)
+        assert len(pairs) == stats["pairs"] > 0
+        assert stats["replaced_pairs"] == N_PAIRS
+        # Chosen hallucinates fewer shapes than rejected, by CHAIR against the image's shapes.
+        for row in pairs.itertuples():
+            scored = chair.score(
+                [{"image_id": ids[row.image], "caption": t} for t in (row.chosen, row.rejected)]
+            )["captions"]
+            chosen, rejected = (len(c["hallucinated"]) for c in scored)
+            assert chosen < rejected, (row.chosen, row.rejected)
+    # Stage 2 sampled again, from the stage-1 model.
+    assert not catalog.load("stage1_preferences").equals(catalog.load("stage2_preferences"))

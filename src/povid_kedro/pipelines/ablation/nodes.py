@@ -14,6 +14,7 @@ from povid_kedro.evaluation.ablation import (
     run_ablation,
     summarise,
 )
+from povid_kedro.hallucination.onpolicy import PairSources
 from povid_kedro.ingest.images import ImageFolder
 from povid_kedro.params import deep_merge
 from povid_kedro.pipelines.evaluate.nodes import (
@@ -94,6 +95,8 @@ def run_ablation_node(
     dpo_params: dict[str, Any],
     noise_params: dict[str, Any],
     evaluate_params: dict[str, Any],
+    on_policy_params: dict[str, Any],
+    on_policy_sources: PairSources,
 ) -> tuple[dict[str, Any], dict[str, list[dict[str, float]]]]:
     """Train every ablation row for every seed from the base model and score it with the
     evaluate pipeline's node functions on the validation split.
@@ -124,6 +127,7 @@ def run_ablation_node(
         params["seeds"],
         dpo_params,
         noise_fields(noise_params),
+        (on_policy_params, lambda model, pairs, cfg: on_policy_sources(model, pairs, cfg)[0]),
     )
     return results, ablation_mlflow_metrics(results)
 

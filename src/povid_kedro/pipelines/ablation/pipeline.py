@@ -5,12 +5,15 @@
 
 from kedro.pipeline import Node, Pipeline
 
+from povid_kedro.pipelines.dpo_training.pipeline import PAIR_SOURCES
+
 from .nodes import ablation_report_node, run_ablation_node, validation_split_node
 
 
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
+            PAIR_SOURCES,
             Node(
                 func=validation_split_node,
                 inputs=["params:embedded_world", "params:ablation"],
@@ -29,6 +32,8 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "params:dpo_training",
                     "params:noise_trigger",
                     "params:evaluate",
+                    "params:on_policy",
+                    "on_policy_sources",
                 ],
                 outputs=["ablation_results", "ablation_metrics"],
                 name="run_ablation_node",

@@ -17,7 +17,8 @@ def generate_world_node(params: dict[str, Any]) -> dict[str, Any]:
         params: The ``embedded_world`` parameters.
 
     Returns:
-        Training and evaluation images, LLaVA-Instruct files, COCO instances and captions,
+        Training and evaluation images, LLaVA-Instruct files, COCO instances (both splits) and
+        captions,
         the synonym list, POPE question files, the scene truth, the world's metadata and a
         figure of samples.
     """
@@ -33,6 +34,7 @@ def generate_world_node(params: dict[str, Any]) -> dict[str, Any]:
         "eval_images": world.eval_images,
         "instructions": world.instructions,
         "eval_instances": world.instances,
+        "train_instances": world.train_instances,
         "eval_captions": world.captions,
         "object_synonyms": world.synonyms,
         "pope_random": world.pope["random"],

@@ -9,6 +9,7 @@ WORLD_OUTPUTS = [
     "eval_images",
     "instructions",
     "eval_instances",
+    "train_instances",
     "eval_captions",
     "object_synonyms",
     "pope_random",
