@@ -56,6 +56,8 @@ class UpstreamCheckHooks:
             if not dataset.startswith("params:")
             and dataset != "parameters"
             and not catalog.exists(dataset)
+            # A lazy input (LazyJSONDataset) is read, and checked, only by a node that uses it.
+            and not getattr(catalog.get(dataset), "loads_without_data", False)
         ]
         if not absent:
             return
