@@ -43,6 +43,7 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check src tests scripts
 	$(VENV)/bin/ruff format --check src tests scripts
+	$(VENV)/bin/mypy
 
 viz: install
 	$(VENV)/bin/kedro viz run

@@ -176,8 +176,9 @@ def validate_group(group: str, values: Mapping[str, Any], source: str) -> None:
         raise ParameterError(f"parameters {group!r} ({source}): {err}") from err
 
 
-def _build(cls: type, values: Mapping[str, Any] | None, where: str) -> Any:
-    """``cls.from_dict(values)`` after checking each value's type against its field's."""
+def _build(cls: Any, values: Mapping[str, Any] | None, where: str) -> Any:
+    """``cls.from_dict(values)`` (``cls``: a config dataclass) after checking each value's type
+    against its field's."""
     _check_types(cls, values or {}, where)
     return cls.from_dict(dict(values or {}))
 
@@ -205,7 +206,7 @@ def _check_types(cls: type, values: Mapping[str, Any], where: str) -> None:
         value = values[field.name]
         key = f"{where}.{field.name}" if where else field.name
         hint = hints.get(field.name, Any)
-        if dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
             _check_types(hint, value, key)
             continue
         if not _is_scalar(hint):

@@ -1,5 +1,7 @@
 """Project settings. https://docs.kedro.org/en/stable/kedro_project_setup/settings.html"""
 
+from typing import Any
+
 from kedro.config import OmegaConfigLoader
 
 from povid_kedro.hooks import (
@@ -22,7 +24,7 @@ HOOKS = (
 )
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
-CONFIG_LOADER_ARGS = {
+CONFIG_LOADER_ARGS: dict[str, Any] = {
     "base_env": "base",
     "default_run_env": "local",
     # An environment (conf/llava15, conf/local) overrides single parameters, not whole

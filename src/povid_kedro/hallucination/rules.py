@@ -404,7 +404,7 @@ class RuleInjector(Injector):
     def __init__(
         self,
         config: InjectConfig,
-        synonyms: str | Mapping[str, Iterable[str]] | None = None,
+        synonyms: str | Mapping[str, Iterable[str]] | Iterable[str] | None = None,
     ) -> None:
         super().__init__(config)
         if config.rules is None:
@@ -705,8 +705,8 @@ class RuleInjector(Injector):
                     surface = corpus.surface(picked[0])
                     for m in analysis.get(OBJECT):
                         if m.payload[0] == old:
-                            new = pluralize(surface) if m.payload[2] else surface
-                            edits.append((m.start, m.end, _match_case(m.text, new)))
+                            word = pluralize(surface) if m.payload[2] else surface
+                            edits.append((m.start, m.end, _match_case(m.text, word)))
                     notes.append(f"facts:{old}->{picked[0]}")
             else:
                 match = rng.choice(analysis.get(kind))
@@ -734,8 +734,8 @@ class RuleInjector(Injector):
             word = first.group().lower()
             lead = {"yes": "no", "no": "yes"}
             if word in lead:
-                new = _match_case(first.group(), lead[word])
-                return first.start(), first.end(), new, f"conclusion:{word}->{lead[word]}"
+                flipped = _match_case(first.group(), lead[word])
+                return first.start(), first.end(), flipped, f"conclusion:{word}->{lead[word]}"
         flips = analysis.get(FLIP)
         if not flips:
             return None

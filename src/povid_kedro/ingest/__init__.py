@@ -356,6 +356,7 @@ def _read_one(
         # Each turn is trained as its own sample with the image, so every prompt carries
         # exactly one image placeholder.
         prompt = question if turn == 0 else f"{IMAGE_TOKEN}\n{question.strip()}"
+        rejected_answer = rejected_answers[turn]
         rows.append(
             {
                 "id": row_id,
@@ -363,9 +364,7 @@ def _read_one(
                 "task_type": kind,
                 "prompt": prompt,
                 "answer": answer.strip(),
-                "rejected": None
-                if rejected_answers[turn] is None
-                else rejected_answers[turn].strip(),
+                "rejected": None if rejected_answer is None else rejected_answer.strip(),
                 "source": source,
                 "turn": turn,
             }

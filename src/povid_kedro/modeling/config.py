@@ -8,21 +8,20 @@ start-up rather than silently falling back to a default.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 _C = TypeVar("_C")
 
 
-def _from_dict(cls: type[_C], values: dict[str, Any] | None) -> _C:
+def _from_dict(cls: type[_C], values: Mapping[str, Any] | None) -> _C:
     """Build a dataclass from a mapping, naming unknown keys in the error."""
     values = dict(values or {})
     known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(
-            f"unknown {cls.__name__} keys {unknown}; known keys are {sorted(known)}"  # type: ignore[attr-defined]
-        )
+        raise ValueError(f"unknown {cls.__name__} keys {unknown}; known keys are {sorted(known)}")
     return cls(**values)
 
 
@@ -41,7 +40,7 @@ class TokenizerConfig:
     lowercase: bool = False
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any] | None) -> TokenizerConfig:
+    def from_dict(cls, values: Mapping[str, Any] | None) -> TokenizerConfig:
         """Build from a parameters mapping; unknown keys raise ``ValueError``."""
         return _from_dict(cls, values)
 
@@ -144,7 +143,7 @@ class ModelConfig:
         return self.token_grid**2
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any] | None) -> ModelConfig:
+    def from_dict(cls, values: Mapping[str, Any] | None) -> ModelConfig:
         """Build from a parameters mapping; unknown keys raise ``ValueError``."""
         return _from_dict(cls, values)
 
@@ -209,7 +208,7 @@ class TrainConfig:
             )
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any] | None) -> TrainConfig:
+    def from_dict(cls, values: Mapping[str, Any] | None) -> TrainConfig:
         """Build from a parameters mapping; unknown keys raise ``ValueError``."""
         values = dict(values or {})
         if "betas" in values:
@@ -240,6 +239,6 @@ class GenerateConfig:
     seed: int | None = None
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any] | None) -> GenerateConfig:
+    def from_dict(cls, values: Mapping[str, Any] | None) -> GenerateConfig:
         """Build from a parameters mapping; unknown keys raise ``ValueError``."""
         return _from_dict(cls, values)

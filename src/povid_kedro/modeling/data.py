@@ -126,6 +126,8 @@ def _segments(processor: Any, row: SFTRow) -> list[tuple[str, bool]]:
         if i == 0:
             messages += to_messages(question, image_token)
         else:
+            if not isinstance(question, str):
+                raise TypeError(f"turn {i} of a multi-turn row is chat messages; give it as text")
             text = question.replace(image_token, "").strip()
             messages.append({"role": "user", "content": [{"type": "text", "text": text}]})
         prompt_text = processor.apply_chat_template(

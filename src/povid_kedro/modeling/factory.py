@@ -9,9 +9,11 @@ exactly like ``llava-hf/llava-1.5-7b-hf``.
 from __future__ import annotations
 
 import logging
+from typing import Literal
 
 import torch
 from transformers import (
+    BaseImageProcessor,
     CLIPVisionConfig,
     LevitConfig,
     LlamaConfig,
@@ -28,7 +30,7 @@ from povid_kedro.schema import IMAGE_TOKEN
 logger = logging.getLogger(__name__)
 
 
-def build_image_processor(cfg: ModelConfig):
+def build_image_processor(cfg: ModelConfig) -> BaseImageProcessor:
     """CLIP's image processor sized for the tiny model (resize + centre-crop to ``image_size``).
 
     Without torchvision, transformers' ``CLIPImageProcessor`` falls back to its PIL backend with a
@@ -40,10 +42,16 @@ def build_image_processor(cfg: ModelConfig):
     Returns:
         A ``CLIPImageProcessor`` (torchvision backend) or ``CLIPImageProcessorPil``.
     """
+    # Imported in the branch: naming CLIPImageProcessor without torchvision warns.
+    image_processor_cls: type[BaseImageProcessor]
     if is_torchvision_available():
-        from transformers import CLIPImageProcessor as image_processor_cls
+        from transformers import CLIPImageProcessor
+
+        image_processor_cls = CLIPImageProcessor
     else:
-        from transformers import CLIPImageProcessorPil as image_processor_cls
+        from transformers import CLIPImageProcessorPil
+
+        image_processor_cls = CLIPImageProcessorPil
     return image_processor_cls(
         do_resize=True,
         size={"shortest_edge": cfg.image_size},
@@ -57,7 +65,7 @@ def build_image_processor(cfg: ModelConfig):
     )
 
 
-def _feature_strategy(cfg: ModelConfig) -> str:
+def _feature_strategy(cfg: ModelConfig) -> Literal["default", "full"]:
     # "default" drops CLIP's CLS feature; LeViT has none, so all its tokens are kept.
     return "default" if cfg.vision_tower == "clip" else "full"
 
@@ -99,9 +107,11 @@ def _vision_config(cfg: ModelConfig) -> CLIPVisionConfig | LevitConfig:
         key_dim=[key_dim, key_dim],
         mlp_ratio=[mlp_ratio, mlp_ratio],
         attention_ratio=[2, 2],
-        down_ops=[["Subsample", key_dim, cfg.vision_hidden_size // key_dim, 4, mlp_ratio, 2]],
         drop_path_rate=0,
     )
+    # One subsampling between the two stages (LevitConfig derives one per stage pair from its
+    # own defaults; set after construction, as LevitConfig takes no down_ops argument).
+    vision.down_ops = [["Subsample", key_dim, cfg.vision_hidden_size // key_dim, 4, mlp_ratio, 2]]
     # The projector's input width (LlavaMultiModalProjector reads it): the stem's or the
     # subsampled tokens'.
     vision.hidden_size = cfg.vision_hidden_size if cfg.vision_feature_layer == 0 else width
@@ -119,6 +129,9 @@ def build_llava_config(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast) -> 
         A ``LlavaConfig`` whose image token id and sequence length match the processor.
     """
     vision = _vision_config(cfg)
+    image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    if not isinstance(image_token_id, int):
+        raise TypeError(f"the tokenizer maps {IMAGE_TOKEN!r} to {image_token_id!r}, not one id")
     text = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=cfg.text_hidden_size,
@@ -136,7 +149,7 @@ def build_llava_config(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast) -> 
     return LlavaConfig(
         vision_config=vision,
         text_config=text,
-        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        image_token_index=image_token_id,
         image_seq_length=cfg.num_image_tokens,
         projector_hidden_act="gelu",
         vision_feature_select_strategy=_feature_strategy(cfg),

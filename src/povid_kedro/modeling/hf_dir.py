@@ -194,7 +194,8 @@ def load_model_dir(
             f"{where}: the weights cannot be loaded as an image-text-to-text model ({err})"
         ) from err
     if device is not None:
-        model = model.to(device)
+        # transformers' decorated ``to`` is typed as taking the model itself.
+        model = model.to(device)  # type: ignore[arg-type]
     model.eval()
     logger.info(
         "loaded %s from %s (%s, %.1f M parameters)",

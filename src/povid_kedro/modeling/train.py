@@ -248,8 +248,8 @@ def _run_phase(
     running = None
     for step in bar:
         lr = cosine_lr(step, steps, peak_lr, warmup, cfg.min_lr_ratio)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        for param_group in optimizer.param_groups:
+            param_group["lr"] = lr
         groups = _by_task(next(stream), tasks)
         optimizer.zero_grad(set_to_none=True)
         value, own = accumulate_step(

@@ -49,7 +49,7 @@ class VisionPretrainConfig:
     seed: int = 0
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any] | None) -> VisionPretrainConfig:
+    def from_dict(cls, values: Mapping[str, Any] | None) -> VisionPretrainConfig:
         """Build from a parameters mapping; unknown keys are errors."""
         return _from_dict(cls, values)
 

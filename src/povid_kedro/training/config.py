@@ -13,6 +13,7 @@ The noise of stage 2 (step, seed, ``y_n-`` mode) is *not* here: it lives in
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -31,7 +32,9 @@ def _help(default: Any, text: str) -> Any:
     return field(default=default, metadata={"help": text})
 
 
-def _build(cls: type[_C], values: dict[str, Any] | None, where: str, nested: dict[str, Any]) -> _C:
+def _build(
+    cls: type[_C], values: Mapping[str, Any] | None, where: str, nested: dict[str, Any]
+) -> _C:
     """Build dataclass ``cls`` from a mapping, naming unknown keys; ``nested``: key → builder."""
     values = dict(values or {})
     known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
@@ -91,7 +94,7 @@ class LoraSettings:
             )
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any] | None, where: str = "lora") -> LoraSettings:
+    def from_dict(cls, values: Mapping[str, Any] | None, where: str = "lora") -> LoraSettings:
         """Build from a parameters mapping; unknown keys raise ``ValueError``."""
         return _build(cls, values, where, {})
 
@@ -275,7 +278,7 @@ class StageConfig:
         return self.hallucination_weight
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any] | None, where: str = "stage") -> StageConfig:
+    def from_dict(cls, values: Mapping[str, Any] | None, where: str = "stage") -> StageConfig:
         """Build from a parameters mapping; unknown keys (also in ``lora``) raise ``ValueError``."""
         return _build(cls, values, where, {"lora": LoraSettings.from_dict})
 
@@ -324,7 +327,7 @@ class Stage2Config(StageConfig):
         return self.hallucination_weight + self.noise_weight
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any] | None, where: str = "stage2") -> Stage2Config:
+    def from_dict(cls, values: Mapping[str, Any] | None, where: str = "stage2") -> Stage2Config:
         """Build from a parameters mapping; unknown keys (also in ``lora``) raise ``ValueError``."""
         return _build(cls, values, where, {"lora": LoraSettings.from_dict})
 
@@ -344,7 +347,9 @@ class RegistrySettings:
     alias: str = _help("candidate", "Alias set on the new version.")
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any] | None, where: str = "registry") -> RegistrySettings:
+    def from_dict(
+        cls, values: Mapping[str, Any] | None, where: str = "registry"
+    ) -> RegistrySettings:
         """Build from a parameters mapping; unknown keys raise ``ValueError``."""
         return _build(cls, values, where, {})
 
@@ -375,7 +380,9 @@ class ProcessSettings:
             raise ValueError(f"processes.num_processes must be >= 1, got {self.num_processes}")
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any] | None, where: str = "processes") -> ProcessSettings:
+    def from_dict(
+        cls, values: Mapping[str, Any] | None, where: str = "processes"
+    ) -> ProcessSettings:
         """Build from a parameters mapping; unknown keys raise ``ValueError``."""
         return _build(cls, values, where, {})
 
@@ -405,7 +412,7 @@ class DPOTrainingConfig:
     )
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any] | None) -> DPOTrainingConfig:
+    def from_dict(cls, values: Mapping[str, Any] | None) -> DPOTrainingConfig:
         """Build from the ``dpo_training`` mapping; unknown keys at any level raise ValueError."""
         return _build(
             cls,

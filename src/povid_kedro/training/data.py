@@ -19,7 +19,7 @@ import os
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple
+from typing import Any, Final, Literal, NamedTuple
 
 import pandas as pd
 import torch
@@ -36,7 +36,7 @@ NOISY_REJECTED = "noisy_rejected"
 
 # Which DPO branches a batch feeds: stage 1 (y+ vs y_h-, clean image) or stage 2 with its
 # noise branch built one of the two ways (``NoiseConfig.mode``).
-STAGE1 = "stage1"
+STAGE1: Final = "stage1"
 Branches = Literal["stage1", "teacher_forced", "generated"]
 BRANCHES: tuple[Branches, ...] = (STAGE1, TEACHER_FORCED, GENERATED)
 

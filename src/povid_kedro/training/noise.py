@@ -22,7 +22,7 @@ import functools
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import numpy as np
 import torch
@@ -39,8 +39,8 @@ POVID_SCHEDULER_KWARGS: dict[str, Any] = {
 POVID_NOISE_STEP = 500
 """The paper's noise step ``k`` (of 1000), chosen for natural photos."""
 
-TEACHER_FORCED = "teacher_forced"
-GENERATED = "generated"
+TEACHER_FORCED: Final = "teacher_forced"
+GENERATED: Final = "generated"
 NoiseMode = Literal["teacher_forced", "generated"]
 NOISE_MODES: tuple[NoiseMode, ...] = (TEACHER_FORCED, GENERATED)
 """How ``y_n-`` is built: teacher-forced argmax tokens (official code) or a free answer."""
@@ -164,7 +164,7 @@ class NoiseConfig:
             raise ValueError(f"noise mode must be one of {NOISE_MODES}, got {self.mode!r}")
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any] | None) -> NoiseConfig:
+    def from_dict(cls, values: Mapping[str, Any] | None) -> NoiseConfig:
         """Build from a parameters mapping; unknown keys raise ``ValueError``."""
         values = dict(values or {})
         known = {f.name for f in dataclasses.fields(cls)}

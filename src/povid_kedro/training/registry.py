@@ -37,6 +37,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
+from mlflow.pyfunc.model import PythonModel
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from PIL import Image
@@ -142,7 +143,7 @@ def encode_image(image: Image.Image) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-class PovidVLMModel(mlflow.pyfunc.PythonModel):
+class PovidVLMModel(PythonModel):
     """A vision-language model directory served as ``image (+ prompt) → description``.
 
     ``model_config`` keys (set at log time, see :func:`log_and_register`, or at load time):

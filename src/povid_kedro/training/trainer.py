@@ -106,7 +106,7 @@ Terms = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
 @contextlib.contextmanager
-def _checkpointing_off(model: Any, kwargs: dict[str, Any] | None) -> Iterator[None]:
+def _checkpointing_off(model: Any, kwargs: dict[str, Any] | str | None) -> Iterator[None]:
     """Switch activation checkpointing off for no-grad forwards (nothing to recompute there)."""
     enabled = bool(getattr(model, "is_activation_checkpointing", False))
     if enabled:
@@ -261,6 +261,21 @@ class POVIDTrainer(DPOTrainer):
             callbacks=list(callbacks or []),
         )
 
+    # Trainer types these loosely (an optional model, any collator); the stages set both.
+    @property
+    def policy(self) -> torch.nn.Module:
+        """The model being trained."""
+        if self.model is None:
+            raise RuntimeError("the trainer has no model")
+        return self.model
+
+    @property
+    def pair_collator(self) -> PairCollator:
+        """The :class:`PairCollator` the trainer was built with."""
+        if not isinstance(self.data_collator, PairCollator):
+            raise TypeError(f"expected a PairCollator, got {type(self.data_collator).__name__}")
+        return self.data_collator
+
     # -- data ---------------------------------------------------------------------------------
 
     def _prepare_dataset(self, dataset: Dataset, *args: Any, **kwargs: Any) -> Dataset:
@@ -274,7 +289,7 @@ class POVIDTrainer(DPOTrainer):
         projector_lr = self.stage_cfg.lora.projector_lr
         if self.optimizer is not None or projector_lr is None:
             return super().create_optimizer(model)
-        opt_model = self.model if model is None else model
+        opt_model = self.policy if model is None else model
         decay = set(self.get_decay_parameter_names(opt_model))
         groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = defaultdict(list)
         for name, param in opt_model.named_parameters():
@@ -288,7 +303,11 @@ class POVIDTrainer(DPOTrainer):
             }
             for (projector, decays), params in groups.items()
         ]
-        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        # Typed as a PreTrainedModel; it only reads modules and parameters (a peft model is fine).
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(
+            self.args,
+            opt_model,  # type: ignore[arg-type]
+        )
         self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
         return self.optimizer
 
@@ -351,7 +370,7 @@ class POVIDTrainer(DPOTrainer):
                 # Only its argmax is used: no gradient, and no checkpointing recompute either.
                 with (
                     torch.no_grad(),
-                    _checkpointing_off(self.model, self.args.activation_checkpointing_kwargs),
+                    _checkpointing_off(self.policy, self.args.activation_checkpointing_kwargs),
                 ):
                     noisy_logits = self._logits(
                         model,
@@ -417,16 +436,16 @@ class POVIDTrainer(DPOTrainer):
     @contextlib.contextmanager
     def _as_reference(self) -> Iterator[Any]:
         """The reference model, in eval mode and without gradients, for the block's duration."""
-        model = self.ref_model if self.ref_model is not None else self.model
-        adapter = contextlib.nullcontext()
-        if self.ref_model is None and is_peft_model(self.model):
-            adapter = use_adapter(self.accelerator.unwrap_model(self.model), adapter_name=None)
+        model = self.ref_model if self.ref_model is not None else self.policy
+        adapter: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        if self.ref_model is None and is_peft_model(self.policy):
+            adapter = use_adapter(self.accelerator.unwrap_model(self.policy), adapter_name=None)
         was_training = model.training
         model.eval()
         try:
             with (
                 torch.no_grad(),
-                _checkpointing_off(self.model, self.args.activation_checkpointing_kwargs),
+                _checkpointing_off(self.policy, self.args.activation_checkpointing_kwargs),
                 adapter,
                 self.accelerator.autocast(),
             ):
@@ -452,7 +471,7 @@ class POVIDTrainer(DPOTrainer):
             Seconds spent.
         """
         start = time.perf_counter()
-        collator: PairCollator = self.data_collator  # type: ignore[assignment]
+        collator = self.pair_collator
         collator.reference = None
         n = len(collator.pairs)
         parts: dict[str, list[torch.Tensor]] = defaultdict(list)
@@ -512,7 +531,7 @@ class POVIDTrainer(DPOTrainer):
     def _compute_loss(
         self, model: Any, inputs: dict[str, torch.Tensor], return_outputs: bool
     ) -> Any:
-        mode = "train" if self.model.training else "eval"
+        mode = "train" if self.policy.training else "eval"
         if mode == "train":
             _freeze_norm_statistics(model)
         terms = self.sequence_terms(model, inputs, reference=False)
@@ -552,7 +571,7 @@ class POVIDTrainer(DPOTrainer):
         Returns:
             ``eval/<metric>`` → mean over pairs.
         """
-        model = self.model
+        model = self.policy
         was_training = model.training
         model.eval()
         totals: dict[str, float] = defaultdict(float)
@@ -588,7 +607,7 @@ class _StepRecorder(TrainerCallback):
         self._lr = float(optimizer.param_groups[0]["lr"]) if optimizer is not None else math.nan
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        for name, param in self.trainer.model.named_parameters():
+        for name, param in self.trainer.policy.named_parameters():
             if param.grad is not None and not torch.isfinite(param.grad).all():
                 raise NonFiniteLossError(
                     f"the gradient of {name} became non-finite at step {state.global_step + 1}",
@@ -973,12 +992,15 @@ def _reference(
     """Cache the reference log-probs, or load those this run saved before it was stopped."""
     saved = load_reference(output_dir) if output_dir is not None else None
     if saved is not None:
-        trainer.data_collator.reference = saved  # type: ignore[attr-defined]
+        trainer.pair_collator.reference = saved
         logger.info("%s: reference log-probs loaded from %s", report.stage, output_dir)
         return
     report.reference_seconds = trainer.cache_reference(cfg.reference_batch_size)
     if output_dir is not None:
-        save_reference(output_dir, trainer.data_collator.reference)  # type: ignore[attr-defined]
+        reference = trainer.pair_collator.reference
+        if reference is None:
+            raise RuntimeError(f"{report.stage}: the reference log-probs were not cached")
+        save_reference(output_dir, reference)
 
 
 def _flat_config(cfg: StageConfig, noise: NoiseConfig | None) -> dict[str, Any]:

@@ -60,7 +60,7 @@ def coco_instances(
     Returns:
         The document: ``info``, ``licenses``, ``images``, ``annotations``, ``categories``.
     """
-    annotations = []
+    annotations: list[dict[str, Any]] = []
     for s in scenes:
         for obj, area in zip(s["objects"], areas[s["file_name"]], strict=True):
             x, y, w, h = obj["bbox"]
@@ -98,7 +98,7 @@ def coco_captions(
         The document: ``info``, ``licenses``, ``images``, ``annotations`` (``id``, ``image_id``,
         ``caption``).
     """
-    annotations = []
+    annotations: list[dict[str, Any]] = []
     for s in scenes:
         for caption in captions[s["file_name"]]:
             annotations.append(

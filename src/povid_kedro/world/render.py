@@ -233,8 +233,8 @@ def render_scene(
         shades = rng.uniform(-50, 50, size=n_strokes)
         widths = rng.integers(1, 3, size=n_strokes)
         for (x0, y0, x1, y1), shade, width in zip(ends, shades, widths, strict=True):
-            colour = tuple(int(v) for v in np.clip(base + shade, 0, 255))
-            draw.line([(int(x0), int(y0)), (int(x1), int(y1))], fill=colour, width=int(width))
+            stroke = tuple(int(v) for v in np.clip(base + shade, 0, 255))
+            draw.line([(int(x0), int(y0)), (int(x1), int(y1))], fill=stroke, width=int(width))
 
     arr = np.asarray(img, dtype=np.float32).copy()
     areas: list[int] = []

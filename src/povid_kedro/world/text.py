@@ -114,7 +114,7 @@ class _Group:
 
     @property
     def cells(self) -> list[tuple[int, int]]:
-        return [tuple(o["cell"]) for o in self.objects]  # type: ignore[misc]
+        return [tuple(o["cell"]) for o in self.objects]
 
 
 def _cap(text: str) -> str:

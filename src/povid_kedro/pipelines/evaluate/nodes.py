@@ -119,7 +119,7 @@ def mmhal_node(
         reason = "no judge model configured (evaluate.mmhal.judge_model)"
     else:
         reason = None
-    if reason:
+    if reason or mmhal_bench is None:
         logger.info("MMHal-Bench skipped: %s", reason)
         return {"skipped": reason}
     records = answer_mmhal(
