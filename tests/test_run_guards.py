@@ -239,6 +239,16 @@ def test_the_composed_povid_pipeline_can_be_requested(project):
         run_pipeline(project, "povid")
 
 
+def test_a_lazy_input_is_left_to_the_node_that_reads_it(project):
+    # train_instances (COCO's 450 MB train annotations at real scale) is read only with
+    # on_policy enabled: a run without it is not refused for it, only for what it does need.
+    with pytest.raises(MissingInputsError) as caught:
+        run_pipeline(project, "dpo_training")
+    message = str(caught.value)
+    assert "  - base_model: made by the base_model pipeline" in message
+    assert "train_instances" not in message
+
+
 def test_generated_noise_without_free_answers_fails_before_stage_1(project):
     # noisy_responses made in teacher_forced mode carry no free answers under noise; asking
     # stage 2 for generated mode used to fail only after stage 1 had overwritten its model.
