@@ -208,7 +208,9 @@ def test_an_evaluate_typo_is_caught(project):
 
 
 def test_a_vision_pretraining_typo_is_caught(project):
-    with pytest.raises(ParameterError, match=r"unknown VisionPretrainConfig keys \['epoch'\]"):
+    with pytest.raises(
+        ParameterError, match=r"base_model\.vision_pretraining: unknown keys \['epoch'\]"
+    ):
         run_pipeline(project, "base_model", {"base_model": {"vision_pretraining": {"epoch": 3}}})
 
 

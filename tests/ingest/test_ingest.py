@@ -286,7 +286,7 @@ def test_stratified_sampling_keeps_shares_and_is_seeded():
 
 
 def test_config_rejects_unknown_keys_and_bad_values():
-    with pytest.raises(ValueError, match="unknown parameter"):
+    with pytest.raises(ValueError, match=r"ingest_ground_truth: unknown keys \['sample_sise'\]"):
         IngestConfig.from_dict({"sample_sise": 3})
     with pytest.raises(ValueError, match="task_types.detail"):
         IngestConfig.from_dict({"task_types": {"detail": "captioning"}})

@@ -100,7 +100,7 @@ def test_grey_image_mode_and_bad_steps():
 
 def test_noise_config_rejects_unknown_keys_and_modes():
     assert NoiseConfig.from_dict({"step": 350}).mode == "teacher_forced"
-    with pytest.raises(ValueError, match="unknown NoiseConfig keys"):
+    with pytest.raises(ValueError, match="noise_trigger: unknown keys"):
         NoiseConfig.from_dict({"stpe": 350})
     with pytest.raises(ValueError, match="noise mode"):
         NoiseConfig(mode="sampled")

@@ -9,9 +9,10 @@ prompts have none, because a silent built-in vocabulary would hide a broken conf
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
+from povid_kedro.config_reader import read_dataclass
 from povid_kedro.schema import DESCRIPTION, REASONING, TASK_TYPES
 
 # One-word answers (VQA) are injected only when type_mix lists the task.
@@ -28,19 +29,6 @@ ANSWER_FLIP = "answer_flip"  # a one-word answer turned around: "Yes" <-> "No"
 HALLUCINATION_TYPES = (COOCCURRENCE, RELATION, ATTRIBUTE, WRONG_REASONING, OMISSION, ANSWER_FLIP)
 
 _PREFIX = "inject_hallucinations"
-
-
-def _build(cls: type, params: Mapping[str, Any] | None, where: str) -> Any:
-    """Instantiate dataclass ``cls`` from ``params``, rejecting unknown keys by full name."""
-    params = dict(params or {})
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(params) - names)
-    if unknown:
-        raise ValueError(f"{where}: unknown parameter(s) {unknown}; known: {sorted(names)}")
-    try:
-        return cls(**params)
-    except TypeError as err:  # a required field is missing
-        raise ValueError(f"{where}: {err}") from err
 
 
 def _pairs(value: Any, where: str) -> list[tuple[str, str]]:
@@ -243,11 +231,13 @@ class InjectConfig:
         if isinstance(params, InjectConfig):
             return params
         raw = dict(params)
-        raw["validation"] = _build(ValidationConfig, raw.get("validation"), f"{_PREFIX}.validation")
-        raw["openai"] = _build(OpenAIConfig, raw.get("openai"), f"{_PREFIX}.openai")
+        raw["validation"] = read_dataclass(
+            ValidationConfig, raw.get("validation"), f"{_PREFIX}.validation"
+        )
+        raw["openai"] = read_dataclass(OpenAIConfig, raw.get("openai"), f"{_PREFIX}.openai")
         if raw.get("rules") is not None:
-            raw["rules"] = _build(RulesConfig, raw["rules"], f"{_PREFIX}.rules")
-        cfg: InjectConfig = _build(cls, raw, _PREFIX)
+            raw["rules"] = read_dataclass(RulesConfig, raw["rules"], f"{_PREFIX}.rules")
+        cfg: InjectConfig = read_dataclass(cls, raw, _PREFIX)
         cfg._check()
         return cfg
 

@@ -15,7 +15,6 @@ left out), so the only way to prefer the chosen answer on both is to look at the
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from typing import Any, Literal
 import pandas as pd
 from PIL import Image
 
+from povid_kedro.config_reader import read_dataclass
 from povid_kedro.metrics.chair import Chair
 from povid_kedro.metrics.cooccurrence import partner_categories
 from povid_kedro.metrics.degenerate import DegenerateChecker
@@ -99,12 +99,7 @@ class OnPolicyConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> OnPolicyConfig:
         """Build from the ``on_policy`` parameters; an unknown key is an error naming it."""
-        values = dict(values or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"on_policy: unknown keys {unknown}; known keys are {sorted(known)}")
-        return cls(**values)
+        return read_dataclass(cls, values, "on_policy")
 
 
 def _pick(

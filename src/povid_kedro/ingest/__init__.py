@@ -24,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from povid_kedro.config_reader import read_dataclass
 from povid_kedro.ingest.images import ImageFolder, ImagePathError, ImageReadError
 from povid_kedro.schema import (
     DESCRIPTION,
@@ -80,10 +81,7 @@ class IngestConfig:
     @classmethod
     def from_dict(cls, params: Mapping[str, Any]) -> IngestConfig:
         """Build and validate from the parameters mapping."""
-        unknown = set(params) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"ingest_ground_truth: unknown parameter(s) {sorted(unknown)}")
-        cfg = cls(**params)
+        cfg = read_dataclass(cls, params, "ingest_ground_truth")
         for name, kind in cfg.task_types.items():
             if kind not in (*TASK_TYPES, "auto"):
                 raise ValueError(

@@ -7,22 +7,11 @@ start-up rather than silently falling back to a default.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
-_C = TypeVar("_C")
-
-
-def _from_dict(cls: type[_C], values: Mapping[str, Any] | None) -> _C:
-    """Build a dataclass from a mapping, naming unknown keys in the error."""
-    values = dict(values or {})
-    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} keys {unknown}; known keys are {sorted(known)}")
-    return cls(**values)
+from povid_kedro.config_reader import read_dataclass
 
 
 @dataclass
@@ -40,9 +29,11 @@ class TokenizerConfig:
     lowercase: bool = False
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any] | None) -> TokenizerConfig:
+    def from_dict(
+        cls, values: Mapping[str, Any] | None, where: str = "base_model.tokenizer"
+    ) -> TokenizerConfig:
         """Build from a parameters mapping; unknown keys raise ``ValueError``."""
-        return _from_dict(cls, values)
+        return read_dataclass(cls, values, where)
 
 
 @dataclass
@@ -143,9 +134,11 @@ class ModelConfig:
         return self.token_grid**2
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any] | None) -> ModelConfig:
+    def from_dict(
+        cls, values: Mapping[str, Any] | None, where: str = "base_model.model"
+    ) -> ModelConfig:
         """Build from a parameters mapping; unknown keys raise ``ValueError``."""
-        return _from_dict(cls, values)
+        return read_dataclass(cls, values, where)
 
 
 @dataclass
@@ -208,12 +201,14 @@ class TrainConfig:
             )
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any] | None) -> TrainConfig:
+    def from_dict(
+        cls, values: Mapping[str, Any] | None, where: str = "base_model.train"
+    ) -> TrainConfig:
         """Build from a parameters mapping; unknown keys raise ``ValueError``."""
         values = dict(values or {})
         if "betas" in values:
             values["betas"] = tuple(values["betas"])
-        return _from_dict(cls, values)
+        return read_dataclass(cls, values, where)
 
 
 @dataclass
@@ -239,6 +234,6 @@ class GenerateConfig:
     seed: int | None = None
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any] | None) -> GenerateConfig:
+    def from_dict(cls, values: Mapping[str, Any] | None, where: str = "generate") -> GenerateConfig:
         """Build from a parameters mapping; unknown keys raise ``ValueError``."""
-        return _from_dict(cls, values)
+        return read_dataclass(cls, values, where)

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from povid_kedro.modeling.config import _from_dict
+from povid_kedro.config_reader import read_dataclass
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +49,11 @@ class VisionPretrainConfig:
     seed: int = 0
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any] | None) -> VisionPretrainConfig:
+    def from_dict(
+        cls, values: Mapping[str, Any] | None, where: str = "base_model.vision_pretraining"
+    ) -> VisionPretrainConfig:
         """Build from a parameters mapping; unknown keys are errors."""
-        return _from_dict(cls, values)
+        return read_dataclass(cls, values, where)
 
 
 def presence_labels(

@@ -12,12 +12,11 @@ The noise of stage 2 (step, seed, ``y_n-`` mode) is *not* here: it lives in
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
-_C = TypeVar("_C")
+from povid_kedro.config_reader import read_dataclass
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 """DPO loss variants :func:`povid_kedro.training.losses.dpo_loss` implements."""
@@ -30,21 +29,6 @@ def _help(default: Any, text: str) -> Any:
     if isinstance(default, list | dict):
         return field(default_factory=lambda: type(default)(default), metadata={"help": text})
     return field(default=default, metadata={"help": text})
-
-
-def _build(
-    cls: type[_C], values: Mapping[str, Any] | None, where: str, nested: dict[str, Any]
-) -> _C:
-    """Build dataclass ``cls`` from a mapping, naming unknown keys; ``nested``: key → builder."""
-    values = dict(values or {})
-    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"{where}: unknown keys {unknown}; known keys are {sorted(known)}")
-    for key, builder in nested.items():
-        if key in values and not dataclasses.is_dataclass(values[key]):
-            values[key] = builder(values[key], f"{where}.{key}")
-    return cls(**values)
 
 
 @dataclass
@@ -96,7 +80,7 @@ class LoraSettings:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None, where: str = "lora") -> LoraSettings:
         """Build from a parameters mapping; unknown keys raise ``ValueError``."""
-        return _build(cls, values, where, {})
+        return read_dataclass(cls, values, where)
 
 
 @dataclass
@@ -280,7 +264,7 @@ class StageConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None, where: str = "stage") -> StageConfig:
         """Build from a parameters mapping; unknown keys (also in ``lora``) raise ``ValueError``."""
-        return _build(cls, values, where, {"lora": LoraSettings.from_dict})
+        return read_dataclass(cls, values, where, {"lora": LoraSettings.from_dict})
 
 
 @dataclass
@@ -329,7 +313,7 @@ class Stage2Config(StageConfig):
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None, where: str = "stage2") -> Stage2Config:
         """Build from a parameters mapping; unknown keys (also in ``lora``) raise ``ValueError``."""
-        return _build(cls, values, where, {"lora": LoraSettings.from_dict})
+        return read_dataclass(cls, values, where, {"lora": LoraSettings.from_dict})
 
 
 @dataclass
@@ -351,7 +335,7 @@ class RegistrySettings:
         cls, values: Mapping[str, Any] | None, where: str = "registry"
     ) -> RegistrySettings:
         """Build from a parameters mapping; unknown keys raise ``ValueError``."""
-        return _build(cls, values, where, {})
+        return read_dataclass(cls, values, where)
 
 
 @dataclass
@@ -384,7 +368,7 @@ class ProcessSettings:
         cls, values: Mapping[str, Any] | None, where: str = "processes"
     ) -> ProcessSettings:
         """Build from a parameters mapping; unknown keys raise ``ValueError``."""
-        return _build(cls, values, where, {})
+        return read_dataclass(cls, values, where)
 
 
 @dataclass
@@ -414,7 +398,7 @@ class DPOTrainingConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> DPOTrainingConfig:
         """Build from the ``dpo_training`` mapping; unknown keys at any level raise ValueError."""
-        return _build(
+        return read_dataclass(
             cls,
             values,
             "dpo_training",

@@ -17,7 +17,6 @@ Noise is added to raw pixels in [0, 1] **before** the image processor, as in the
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 from collections.abc import Mapping
@@ -27,6 +26,8 @@ from typing import Any, Final, Literal
 import numpy as np
 import torch
 from PIL import Image
+
+from povid_kedro.config_reader import read_dataclass
 
 POVID_SCHEDULER_KWARGS: dict[str, Any] = {
     "num_train_timesteps": 1000,
@@ -164,11 +165,8 @@ class NoiseConfig:
             raise ValueError(f"noise mode must be one of {NOISE_MODES}, got {self.mode!r}")
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any] | None) -> NoiseConfig:
+    def from_dict(
+        cls, values: Mapping[str, Any] | None, where: str = "noise_trigger"
+    ) -> NoiseConfig:
         """Build from a parameters mapping; unknown keys raise ``ValueError``."""
-        values = dict(values or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown NoiseConfig keys {unknown}; known keys are {sorted(known)}")
-        return cls(**values)
+        return read_dataclass(cls, values, where)
