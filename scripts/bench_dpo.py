@@ -53,7 +53,7 @@ from povid_kedro.training.losses import (  # noqa: E402
     sequence_logps,
 )
 from povid_kedro.training.noise import NoiseConfig  # noqa: E402
-from povid_kedro.training.trainer import POVIDTrainer, _lora_config, dpo_args  # noqa: E402
+from povid_kedro.training.trainer import POVIDTrainer, dpo_args, lora_config  # noqa: E402
 from povid_kedro.world import WorldConfig, generate_world  # noqa: E402
 
 LORA = {"r": 16, "alpha": 32}
@@ -160,7 +160,7 @@ def _stock_trl(model: Any, processor: Any, frame: pd.DataFrame, images: dict, ar
             args=dpo,
             train_dataset=Dataset.from_list(rows),
             processing_class=processor,
-            peft_config=_lora_config(cfg),
+            peft_config=lora_config(cfg),
         )
 
     trainer = make(args.warmup + args.steps)
@@ -208,7 +208,7 @@ def _trainer(model, processor, cfg, collator: PairCollator, name: str) -> POVIDT
         Dataset.from_dict({"pair": list(range(len(collator.pairs)))}),
         collator,
         cfg,
-        peft_config=_lora_config(cfg),
+        peft_config=lora_config(cfg),
     )
 
 
@@ -240,7 +240,7 @@ def _official_style(model, processor, frame, load_image, args) -> dict:
             logits_c = forward(policy, s, chosen, clean)
             logits_r = forward(policy, s, rejected, clean)
             logits_n = forward(policy, s, chosen, noisy)
-            with trainer._as_reference() as ref:
+            with trainer.as_reference() as ref:
                 ref_c = forward(ref, s, chosen, clean)
                 ref_r = forward(ref, s, rejected, clean)
                 ref_n = forward(ref, s, chosen, noisy)

@@ -180,7 +180,7 @@ def test_sequence_logps_equal_stock_trl_on_the_same_batch(
     from trl import DPOTrainer
 
     from povid_kedro.training.data import ImageBank, PairCollator, encode_pairs
-    from povid_kedro.training.trainer import POVIDTrainer, _lora_config, dpo_args
+    from povid_kedro.training.trainer import POVIDTrainer, dpo_args, lora_config
 
     model, processor = fresh
     frame = _train_rows(pairs).iloc[:4]
@@ -208,7 +208,7 @@ def test_sequence_logps_equal_stock_trl_on_the_same_batch(
         args=dpo_args(cfg, str(tmp_path / "trl")),
         train_dataset=Dataset.from_list(rows),
         processing_class=processor,
-        peft_config=_lora_config(cfg),
+        peft_config=lora_config(cfg),
     )
     trl_chosen, trl_rejected = stock.compute_ref_log_probs(
         stock.model, stock.data_collator([dict(r) for r in rows])
@@ -224,7 +224,7 @@ def test_sequence_logps_equal_stock_trl_on_the_same_batch(
         Dataset.from_dict({"pair": list(range(len(encoded)))}),
         collator,
         cfg,
-        peft_config=_lora_config(cfg),
+        peft_config=lora_config(cfg),
     ).reference_logps(collator(list(range(len(encoded)))))
     assert torch.allclose(ours["chosen_h"], trl_chosen, atol=1e-4)
     assert torch.allclose(ours["rejected_h"], trl_rejected, atol=1e-4)

@@ -434,7 +434,7 @@ class POVIDTrainer(DPOTrainer):
         return logps, lengths
 
     @contextlib.contextmanager
-    def _as_reference(self) -> Iterator[Any]:
+    def as_reference(self) -> Iterator[Any]:
         """The reference model, in eval mode and without gradients, for the block's duration."""
         model = self.ref_model if self.ref_model is not None else self.policy
         adapter: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
@@ -455,7 +455,7 @@ class POVIDTrainer(DPOTrainer):
 
     def reference_logps(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Reference log-probs of a batch, keyed like :meth:`branch_logps` (no gradient)."""
-        with self._as_reference() as model:
+        with self.as_reference() as model:
             return self.branch_logps(self.sequence_terms(model, inputs, reference=True))[0]
 
     def cache_reference(self, batch_size: int) -> float:
@@ -681,7 +681,8 @@ def dpo_args(cfg: StageConfig, output_dir: str, progress: bool = False) -> DPOCo
     )
 
 
-def _lora_config(cfg: StageConfig) -> LoraConfig:
+def lora_config(cfg: StageConfig) -> LoraConfig:
+    """peft's ``LoraConfig`` for a stage (the projector fully trained when asked)."""
     return LoraConfig(
         r=cfg.lora.r,
         lora_alpha=cfg.lora.alpha,
@@ -932,7 +933,7 @@ def _train_stage(
                 train_dataset=Dataset.from_dict({"pair": list(range(len(train)))}),
                 collator=PairCollator(train, bank, pad_id, branches),
                 stage_cfg=cfg,
-                peft_config=_lora_config(cfg) if cfg.lora.enabled else None,
+                peft_config=lora_config(cfg) if cfg.lora.enabled else None,
                 ref_model=ref_model,
                 callbacks=run.callbacks,
             )
