@@ -19,7 +19,7 @@ export DO_NOT_TRACK := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test lint viz mlflow-ui clean-data
+.PHONY: install run test lint bench bench-quick viz mlflow-ui clean-data
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,9 +41,17 @@ test: install
 	$(VENV)/bin/pytest
 
 lint: install
-	$(VENV)/bin/ruff check src tests scripts
-	$(VENV)/bin/ruff format --check src tests scripts
+	$(VENV)/bin/ruff check src tests scripts benchmarks
+	$(VENV)/bin/ruff format --check src tests scripts benchmarks
 	$(VENV)/bin/mypy
+
+# Every benchmark, one at a time, into one table (benchmarks/results/, and README.md's
+# Benchmarks section). Run it on an otherwise idle machine.
+bench: install
+	$(PY) benchmarks/run.py --readme
+
+bench-quick: install
+	$(PY) benchmarks/run.py --quick
 
 viz: install
 	$(VENV)/bin/kedro viz run

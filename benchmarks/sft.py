@@ -15,16 +15,18 @@ the language model (padding included).
 
 Usage::
 
-    .venv/bin/python scripts/bench_sft.py              # 2 threads, 30 timed steps per mode
+    .venv/bin/python benchmarks/sft.py              # 2 threads, 30 timed steps per mode
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
 import time
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -72,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=30, help="timed steps per mode")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path, help="also write the results here (benchmarks/run.py)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -144,6 +147,17 @@ def main(argv: list[str] | None = None) -> int:
             f"{mode:16s} {str(task_batch):>22s} {1000 * seconds:8.1f} {plain / seconds:8.2f}x "
             f"{tokens:10.0f}"
         )
+    if args.json:
+        rows = [
+            {
+                "measure": f"base-model SFT step, {mode} vs plain",
+                "result": f"{1000 * seconds:.1f} ms/step, {tokens:.0f} LM tokens",
+                "ratio": plain / seconds,
+            }
+            for mode, (seconds, tokens, _) in results.items()
+            if mode != "plain"
+        ]
+        args.json.write_text(json.dumps({"threads": args.threads, "rows": rows}, indent=2))
     return 0
 
 

@@ -6,8 +6,8 @@ also checks that they return the same answers.
 
 Usage::
 
-    .venv/bin/python scripts/bench_generate.py                      # untrained default model
-    .venv/bin/python scripts/bench_generate.py --model-dir data/06_models/base_model
+    .venv/bin/python benchmarks/generate.py                      # untrained default model
+    .venv/bin/python benchmarks/generate.py --model-dir data/06_models/base_model
 
 Without ``--model-dir`` it builds the default tiny model (untrained, so every answer runs to
 ``--max-new-tokens``: the same work in both modes) with a tokenizer trained on a small world.
@@ -16,6 +16,7 @@ Without ``--model-dir`` it builds the default tiny model (untrained, so every an
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path, help="also write the results here (benchmarks/run.py)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -78,6 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"speed-up:         {single_s / batched_s:7.1f}x")  # noqa: T201
     same = sum(a == b for a, b in zip(single, batched))
     print(f"identical answers: {same}/{len(images)}")  # noqa: T201
+    if args.json:
+        row = {
+            "measure": f"{len(images)} descriptions: batched (bs {args.batch_size}) vs one "
+            "at a time",
+            "result": f"{batched_s:.2f} s vs {single_s:.2f} s; identical {same}/{len(images)}",
+            "ratio": single_s / batched_s,
+        }
+        args.json.write_text(json.dumps({"threads": args.threads, "rows": [row]}, indent=2))
     return 0
 
 

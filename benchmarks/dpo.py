@@ -16,13 +16,14 @@ and cached; stage 2 with generated ``y_n-``; and an emulation of the official co
 
 Usage::
 
-    .venv/bin/python scripts/bench_dpo.py [--batch 8] [--steps 20] [--threads 1]
+    .venv/bin/python benchmarks/dpo.py [--batch 8] [--steps 20] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import logging
 import os
 import shutil
@@ -31,6 +32,7 @@ import sys
 import tempfile
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -57,6 +59,7 @@ from povid_kedro.training.trainer import POVIDTrainer, dpo_args, lora_config  # 
 from povid_kedro.world import WorldConfig, generate_world  # noqa: E402
 
 LORA = {"r": 16, "alpha": 32}
+STOCK = "trl DPOTrainer, stage 1 (stock)"
 NOISE = NoiseConfig(step=350, seed=0)
 SCRATCH = tempfile.mkdtemp(prefix="bench-dpo-")  # trainers create their output_dir eagerly
 
@@ -267,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     # One thread by default: on a 2-core machine shared with other jobs, 2-thread kernels on tiny
     # tensors stall unpredictably (medians varied 10x between runs).
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", type=Path, help="also write the results here (benchmarks/run.py)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
@@ -282,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     results: dict[str, dict] = {}
-    results["trl DPOTrainer, stage 1 (stock)"] = _stock_trl(model, processor, frame, images, args)
+    results[STOCK] = _stock_trl(model, processor, frame, images, args)
     results["POVID stage 1, reference uncached"] = _povid(
         model, processor, frame, load_image, args, "stage1", cache_reference=False
     )
@@ -316,6 +320,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:44s} {step:9.1f} {compute:11.1f} {cache:>12s}")  # noqa: T201
     shutil.rmtree(SCRATCH, ignore_errors=True)
     print("(medians; step = full trainer step incl. data, compute = forwards + backward + AdamW)")  # noqa: T201
+    if args.json:
+        trl = statistics.median(results[STOCK]["step"])
+        rows = [
+            {
+                "measure": f"DPO step, {name}: trl stock stage 1 / this",
+                "result": f"step {statistics.median(r['step']) * 1e3:.0f} ms, compute "
+                f"{statistics.median(r['compute']) * 1e3:.0f} ms",
+                "ratio": trl / statistics.median(r["step"]),
+            }
+            for name, r in results.items()
+            if name != STOCK
+        ]
+        settings = f"{n_params:.2f} M params, {args.batch} pairs/step, {args.steps} steps"
+        args.json.write_text(
+            json.dumps({"threads": args.threads, "settings": settings, "rows": rows}, indent=2)
+        )
     return 0
 
 
