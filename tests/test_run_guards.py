@@ -17,6 +17,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
+import yaml
 from mlflow import MlflowClient
 from mlflow.entities import LoggedModelStatus
 
@@ -249,6 +250,14 @@ def test_a_lazy_input_is_left_to_the_node_that_reads_it(project):
     message = str(caught.value)
     assert "  - base_model: made by the base_model pipeline" in message
     assert "train_instances" not in message
+
+
+def test_the_shipped_on_policy_run_config_passes_the_parameter_check(project):
+    # conf/runs/on_policy_partner.yml is what README tells users to run: its parameters must
+    # stay valid (a renamed key would fail here with a ParameterError, before the inputs check).
+    run = yaml.safe_load((project / "conf/runs/on_policy_partner.yml").read_text())["run"]
+    with pytest.raises(MissingInputsError, match="base_model"):
+        run_pipeline(project, "dpo_training", run["params"], env=run["env"])
 
 
 def test_generated_noise_without_free_answers_fails_before_stage_1(project):
