@@ -130,6 +130,7 @@ def run_variant(
     params: dict[str, Any],
     data: Path,
     split: ValidationSplit,
+    pairs_path: Path | None = None,
 ) -> dict[str, Any]:
     """Train one variant with one seed from the base model and score it."""
     dpo = deep_merge(
@@ -147,7 +148,7 @@ def run_variant(
         deep_merge(params["on_policy"], overrides.get("on_policy", {}))
         | ({"enabled": True, "seed": seed} if "on_policy" in overrides else {})
     )
-    pairs = pd.read_parquet(data / "05_model_input" / "trl_preferences.parquet")
+    pairs = pd.read_parquet(pairs_path or data / "05_model_input" / "trl_preferences.parquet")
     out: dict[str, Any] = {"seed": seed}
     images = ImageFolder(data / "01_raw" / "world" / "train2014")
     model, processor = load_model_dir(data / "06_models" / "base_model")
@@ -197,6 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--base", action="store_true", help="also score the base model")
     parser.add_argument("--data", type=Path, default=ROOT / "data", help="a kedro run's data/")
+    parser.add_argument(
+        "--pairs",
+        type=Path,
+        default=None,
+        help="preference pairs to train on (default: the run's trl_preferences.parquet)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--env", default=None, help="Kedro environment over conf/base (default: conf/local)"
@@ -217,7 +224,9 @@ def main(argv: list[str] | None = None) -> int:
         for spec in args.variant:
             name, _, text = spec.partition("=")
             overrides = json.loads(text or "{}")
-            runs = [run_variant(overrides, s, params, args.data, split) for s in args.seeds]
+            runs = [
+                run_variant(overrides, s, params, args.data, split, args.pairs) for s in args.seeds
+            ]
             results["variants"][name] = {
                 "overrides": overrides,
                 "runs": runs,

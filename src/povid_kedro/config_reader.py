@@ -12,6 +12,16 @@ from typing import Any, TypeVar
 
 _C = TypeVar("_C")
 
+#: ``check(value, key) -> value``: validates (and normalises) a given value, raising
+#: ``ValueError`` that starts with ``key``.
+Check = Callable[[Any, str], Any]
+
+
+def checked(check: Check, **field_kwargs: Any) -> Any:
+    """A dataclass field whose given value :func:`read_dataclass` passes through ``check``
+    (a default is used as it is). ``field_kwargs`` go to :func:`dataclasses.field`."""
+    return dataclasses.field(metadata={"check": check}, **field_kwargs)
+
 
 def read_dataclass(
     cls: type[_C],
@@ -19,7 +29,8 @@ def read_dataclass(
     where: str,
     nested: Mapping[str, Callable[[Any, str], Any]] | None = None,
 ) -> _C:
-    """``cls(**values)``, refusing keys that are not fields of ``cls``.
+    """``cls(**values)``, refusing keys that are not fields of ``cls``, each given value passed
+    through its field's :func:`checked` check.
 
     Args:
         cls: A dataclass.
@@ -29,18 +40,30 @@ def read_dataclass(
             mapping (an already built dataclass is kept).
 
     Raises:
-        ValueError: On an unknown key, or a missing required one; the message starts with
-            ``where``.
+        ValueError: On an unknown key, a missing required one or a value its check refuses;
+            the message starts with ``where``.
     """
+    if values is not None and not isinstance(values, Mapping):
+        raise ValueError(f"{where}: expected a mapping, got {type(values).__name__}")
     values = dict(values or {})
-    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    fields = [f for f in dataclasses.fields(cls) if f.init]  # type: ignore[arg-type]
+    known = {f.name for f in fields}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"{where}: unknown keys {unknown}; known keys are {sorted(known)}")
+    missing = [
+        f.name
+        for f in fields
+        if f.name not in values
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ValueError(f"{where}: missing keys {missing}")
+    for f in fields:
+        if "check" in f.metadata and f.name in values:
+            values[f.name] = f.metadata["check"](values[f.name], f"{where}.{f.name}")
     for key, builder in (nested or {}).items():
         if key in values and not dataclasses.is_dataclass(values[key]):
             values[key] = builder(values[key], f"{where}.{key}")
-    try:
-        return cls(**values)
-    except TypeError as err:  # a required field is missing
-        raise ValueError(f"{where}: {err}") from err
+    return cls(**values)

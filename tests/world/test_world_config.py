@@ -29,20 +29,20 @@ def test_defaults_are_valid(params: dict[str, Any]) -> None:
 
 def test_unknown_keys_are_named(params: dict[str, Any]) -> None:
     params["n_images"] = 3
-    _raises(params, "embedded_world.n_images", "unknown key")
+    _raises(params, "embedded_world: unknown keys ['n_images']")
 
 
 def test_unknown_nested_keys_are_named(params: dict[str, Any]) -> None:
     params["visual"]["nosie_std"] = 3.0
-    _raises(params, "embedded_world.visual.nosie_std", "unknown key")
+    _raises(params, "embedded_world.visual: unknown keys ['nosie_std']")
     del params["visual"]["nosie_std"]
     params["categories"]["cup"]["colour"] = "red"
-    _raises(params, "embedded_world.categories.cup.colour", "unknown key")
+    _raises(params, "embedded_world.categories.cup: unknown keys ['colour']")
 
 
 def test_missing_key(params: dict[str, Any]) -> None:
     del params["seed"]
-    _raises(params, "embedded_world.seed", "missing")
+    _raises(params, "embedded_world: missing keys ['seed']")
 
 
 def test_unknown_partner(params: dict[str, Any]) -> None:
@@ -106,7 +106,7 @@ def test_scene_without_categories(params: dict[str, Any]) -> None:
 
 def test_misspelt_key_is_reported_as_unknown(params: dict[str, Any]) -> None:
     params["n_train_image"] = params.pop("n_train_images")
-    _raises(params, "embedded_world.n_train_image", "unknown key")
+    _raises(params, "embedded_world: unknown keys ['n_train_image']")
     params = copy.deepcopy(project_parameters()["embedded_world"])
     params["categories"]["cup"]["glpyh"] = params["categories"]["cup"].pop("glyph")
-    _raises(params, "embedded_world.categories.cup.glpyh", "unknown key")
+    _raises(params, "embedded_world.categories.cup: unknown keys ['glpyh']")

@@ -8,38 +8,138 @@ fails early, naming the offending key, on anything the generator could not honou
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from povid_kedro.config_reader import Check, checked, read_dataclass
 from povid_kedro.inflect import pluralize
 from povid_kedro.world.render import GLYPHS
 
 _SPLITS = ("train", "eval")
 _QUESTION_KINDS = ("counting", "colour", "relation", "presence", "purpose")
-_TOP_KEYS = (
-    "seed",
-    "n_train_images",
-    "n_eval_images",
-    "image_size",
-    "categories",
-    "scenes",
-    "colours",
-    "sizes",
-    "grid",
-    "objects_per_scene",
-    "duplicate_probability",
-    "cross_scene_probability",
-    "cooccurrence",
-    "visual",
-    "text",
-    "pope",
-)
-_CATEGORY_KEYS = ("synonyms", "glyph", "scene", "weight", "partner", "plural")
-_SCENE_KEYS = ("weight", "background", "phrases", "preposition", "purpose", "closings")
 
 
-@dataclass(frozen=True)
+# --------------------------------------------------------------------------------------------
+# value checks: ``check(value, key) -> value`` (see povid_kedro.config_reader.checked)
+def _integer(lo: int | None = None) -> Check:
+    def check(value: Any, key: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{key}: expected an integer, got {value!r}")
+        if lo is not None and value < lo:
+            raise ValueError(f"{key}: must be >= {lo}, got {value!r}")
+        return value
+
+    return check
+
+
+def _number(lo: float | None = None) -> Check:
+    def check(value: Any, key: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{key}: expected a number, got {value!r}")
+        if lo is not None and value < lo:
+            raise ValueError(f"{key}: must be >= {lo}, got {value!r}")
+        return float(value)
+
+    return check
+
+
+def _prob(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ValueError(f"{key}: expected a probability in [0, 1], got {value!r}")
+    return float(value)
+
+
+def _text(value: Any, key: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{key}: expected a non-empty string, got {value!r}")
+    return value
+
+
+def _optional_word(value: Any, key: str) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise ValueError(f"{key}: expected a word or null, got {value!r}")
+    return value
+
+
+def _choice(*options: str) -> Check:
+    def check(value: Any, key: str) -> str:
+        if value not in options:
+            raise ValueError(f"{key}: expected one of {options}, got {value!r}")
+        return str(value)
+
+    return check
+
+
+def _words(allow_empty: bool = False, lower: bool = False) -> Check:
+    def check(value: Any, key: str) -> tuple[str, ...]:
+        if isinstance(value, str) or not isinstance(value, list | tuple):
+            raise ValueError(f"{key}: expected a list of strings, got {value!r}")
+        if not value and not allow_empty:
+            raise ValueError(f"{key}: empty list")
+        for item in value:
+            if not isinstance(item, str) or not item.strip() or item != item.strip():
+                raise ValueError(f"{key}: bad entry {item!r}")
+            if lower and item != item.lower():
+                raise ValueError(f"{key}: {item!r} must be lower case")
+        return tuple(value)
+
+    return check
+
+
+def _mapping(value: Any, key: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{key}: expected a mapping, got {type(value).__name__}")
+    return value
+
+
+def _rgb(value: Any, key: str) -> tuple[int, int, int]:
+    if not isinstance(value, list | tuple) or len(value) != 3:
+        raise ValueError(f"{key}: expected [r, g, b], got {value!r}")
+    rgb = tuple(_integer(lo=0)(v, key) for v in value)
+    if max(rgb) > 255:
+        raise ValueError(f"{key}: channels must be in 0..255, got {value!r}")
+    return rgb
+
+
+def _pair(item: Check) -> Check:
+    """``[min, max]`` with each end passing ``item``."""
+
+    def check(value: Any, key: str) -> tuple[Any, Any]:
+        if not isinstance(value, list | tuple) or len(value) != 2:
+            raise ValueError(f"{key}: expected [min, max], got {value!r}")
+        a, b = (item(v, key) for v in value)
+        if b < a:
+            raise ValueError(f"{key}: max < min in {value!r}")
+        return a, b
+
+    return check
+
+
+def _category_name(value: Any, key: str) -> str:
+    if not isinstance(value, str) or not value.strip() or value != value.strip().lower():
+        raise ValueError(f"{key}: bad category name {value!r} (lower case, no padding)")
+    return value
+
+
+def _question_weights(value: Any, key: str) -> dict[str, float]:
+    for kind, weight in _mapping(value, key).items():
+        if kind not in _QUESTION_KINDS:
+            raise ValueError(f"{key}.{kind}: unknown key (known: {', '.join(_QUESTION_KINDS)})")
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
+            raise ValueError(f"{key}.{kind}: expected a weight >= 0")
+    return {k: float(value.get(k, 0.0)) for k in _QUESTION_KINDS}
+
+
+def _plurals(value: Any, key: str) -> dict[str, str]:
+    if not isinstance(value, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ValueError(f"{key}: expected a mapping word -> plural")
+    return dict(value)
+
+
+@dataclass(frozen=True, kw_only=True)
 class CategoryConfig:
     """One object category.
 
@@ -53,16 +153,16 @@ class CategoryConfig:
         plural: Plural of ``name``; ``None``: ``irregular_plurals`` or the regular English rule.
     """
 
-    name: str
-    synonyms: tuple[str, ...]
-    glyph: str
-    scene: str
-    weight: float
-    partner: str | None = None
-    plural: str | None = None
+    name: str = checked(_category_name)
+    synonyms: tuple[str, ...] = checked(_words(allow_empty=True, lower=True), default=())
+    glyph: str = checked(_text)
+    scene: str = checked(_text)
+    weight: float = checked(_number(lo=1e-9))
+    partner: str | None = checked(_optional_word, default=None)
+    plural: str | None = checked(_optional_word, default=None)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SceneConfig:
     """One scene type (kitchen, street, ...).
 
@@ -76,13 +176,13 @@ class SceneConfig:
         closings: Optional closing sentences of detailed descriptions.
     """
 
-    name: str
-    weight: float
-    background: tuple[int, int, int]
-    phrases: tuple[str, ...]
-    preposition: str
-    purpose: str
-    closings: tuple[str, ...] = ()
+    name: str = checked(_text)
+    weight: float = checked(_number(lo=1e-9))
+    background: tuple[int, int, int] = checked(_rgb)
+    phrases: tuple[str, ...] = checked(_words())
+    preposition: str = checked(_text)
+    purpose: str = checked(_text)
+    closings: tuple[str, ...] = checked(_words(allow_empty=True), default=())
 
 
 @dataclass(frozen=True)
@@ -94,8 +194,8 @@ class GridConfig:
         cols: Column words from left to right (``["left", "center", "right"]``).
     """
 
-    rows: tuple[str, ...]
-    cols: tuple[str, ...]
+    rows: tuple[str, ...] = checked(_words())
+    cols: tuple[str, ...] = checked(_words())
 
 
 @dataclass(frozen=True)
@@ -113,14 +213,14 @@ class VisualConfig:
         supersample: Glyph masks are drawn this many times larger, then averaged (anti-aliasing).
     """
 
-    texture: float = 18.0
-    texture_cells: int = 4
-    noise_std: float = 6.0
-    contrast: tuple[float, float] = (0.6, 1.0)
-    clutter_strokes: int = 4
-    occlusion_probability: float = 0.15
-    occlusion_fraction: tuple[float, float] = (0.25, 0.5)
-    supersample: int = 4
+    texture: float = checked(_number(lo=0), default=18.0)
+    texture_cells: int = checked(_integer(lo=1), default=4)
+    noise_std: float = checked(_number(lo=0), default=6.0)
+    contrast: tuple[float, float] = checked(_pair(_prob), default=(0.6, 1.0))
+    clutter_strokes: int = checked(_integer(lo=0), default=4)
+    occlusion_probability: float = checked(_prob, default=0.15)
+    occlusion_fraction: tuple[float, float] = checked(_pair(_prob), default=(0.25, 0.5))
+    supersample: int = checked(_integer(lo=1), default=4)
 
 
 @dataclass(frozen=True)
@@ -159,30 +259,34 @@ class TextConfig:
         irregular_plurals: Plurals the English ``-s``/``-es``/``-ies`` rule gets wrong.
     """
 
-    mention_probability: float = 1.0
-    colour_probability: float = 0.8
-    size_probability: float = 0.4
-    position_probability: float = 0.8
-    relation_probability: float = 0.3
-    synonym_probability: float = 0.25
-    closing_probability: float = 0.4
-    occlusion_mention_probability: float = 0.5
-    caption_attribute_probability: float = 0.4
-    captions_per_image: int = 5
-    detail_prompts: tuple[str, ...] = ("Describe the following image in detail.",)
-    detail_share: float = 1.0
-    reasoning_share: float = 0.5
-    multi_turn_share: float = 0.3
-    absent_question_share: float = 0.5
-    partner_question_share: float = 0.0
-    short_qa_share: float = 1.0
-    short_qa_turns: int = 4
-    detail_order: str = "reading"
-    short_qa_suffix: str = "Answer the question using a single word or phrase."
-    question_weights: dict[str, float] = field(
-        default_factory=lambda: dict.fromkeys(_QUESTION_KINDS, 1.0)
+    mention_probability: float = checked(_prob, default=1.0)
+    colour_probability: float = checked(_prob, default=0.8)
+    size_probability: float = checked(_prob, default=0.4)
+    position_probability: float = checked(_prob, default=0.8)
+    relation_probability: float = checked(_prob, default=0.3)
+    synonym_probability: float = checked(_prob, default=0.25)
+    closing_probability: float = checked(_prob, default=0.4)
+    occlusion_mention_probability: float = checked(_prob, default=0.5)
+    caption_attribute_probability: float = checked(_prob, default=0.4)
+    captions_per_image: int = checked(_integer(lo=1), default=5)
+    detail_prompts: tuple[str, ...] = checked(
+        _words(), default=("Describe the following image in detail.",)
     )
-    irregular_plurals: dict[str, str] = field(default_factory=dict)
+    detail_share: float = checked(_prob, default=1.0)
+    reasoning_share: float = checked(_prob, default=0.5)
+    multi_turn_share: float = checked(_prob, default=0.3)
+    absent_question_share: float = checked(_prob, default=0.5)
+    partner_question_share: float = checked(_prob, default=0.0)
+    short_qa_share: float = checked(_prob, default=1.0)
+    short_qa_turns: int = checked(_integer(lo=1), default=4)
+    detail_order: str = checked(_choice("random", "reading"), default="reading")
+    short_qa_suffix: str = checked(
+        _text, default="Answer the question using a single word or phrase."
+    )
+    question_weights: dict[str, float] = checked(
+        _question_weights, default_factory=lambda: dict.fromkeys(_QUESTION_KINDS, 1.0)
+    )
+    irregular_plurals: dict[str, str] = checked(_plurals, default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -194,8 +298,8 @@ class PopeConfig:
         seed: Seed of the negative sampling.
     """
 
-    num_per_image: int = 3
-    seed: int = 0
+    num_per_image: int = checked(_integer(lo=1), default=3)
+    seed: int = checked(_integer(), default=0)
 
 
 @dataclass(frozen=True)
@@ -254,37 +358,17 @@ class WorldConfig:
             ValueError: On an unknown or missing key, or a value the generator cannot honour;
                 the message names the key (``embedded_world.<path>``).
         """
-        p = _Reader(params, "embedded_world", _TOP_KEYS)
-        grid = p.sub("grid", ("rows", "cols"))
-        objects = p.sub("objects_per_scene", ("min", "max"))
-        cooc = p.sub("cooccurrence", _SPLITS)
-        cfg = cls(
-            seed=p.integer("seed"),
-            n_train_images=p.integer("n_train_images", lo=1),
-            n_eval_images=p.integer("n_eval_images", lo=1),
-            image_size=p.integer("image_size", lo=16),
-            categories=_read_categories(p.sub("categories")),
-            scenes=_read_scenes(p.sub("scenes")),
-            colours={
-                name: _rgb(value, f"embedded_world.colours.{name}")
-                for name, value in p.mapping("colours").items()
-            },
-            sizes={
-                name: _int_range(value, f"embedded_world.sizes.{name}", lo=2)
-                for name, value in p.mapping("sizes").items()
-            },
-            grid=GridConfig(rows=grid.words("rows"), cols=grid.words("cols")),
-            objects_min=objects.integer("min", lo=1),
-            objects_max=objects.integer("max", lo=1),
-            duplicate_probability=p.prob("duplicate_probability"),
-            cross_scene_probability=p.prob("cross_scene_probability"),
-            cooccurrence={split: cooc.prob(split) for split in _SPLITS},
-            visual=_read_visual(p.sub("visual", tuple(f.name for f in fields(VisualConfig)))),
-            text=_read_text(p.sub("text", tuple(f.name for f in fields(TextConfig)))),
-            pope=_read_pope(p.sub("pope", tuple(f.name for f in fields(PopeConfig)))),
-        )
-        for reader in (p, grid, objects, cooc):
-            reader.done()
+        where = "embedded_world"
+        values = _mapping(params, where)
+        unknown = sorted(set(values) - set(_TOP))
+        if unknown:
+            raise ValueError(f"{where}: unknown keys {unknown}; known keys are {sorted(_TOP)}")
+        missing = [key for key in _TOP if key not in values]
+        if missing:
+            raise ValueError(f"{where}: missing keys {missing}")
+        v = {key: read(values[key], f"{where}.{key}") for key, read in _TOP.items()}
+        objects_min, objects_max = v.pop("objects_per_scene")
+        cfg = cls(**v, objects_min=objects_min, objects_max=objects_max)
         cfg._validate()
         return cfg
 
@@ -377,6 +461,22 @@ class WorldConfig:
 
     # ----------------------------------------------------------------------------------------
     def _validate(self) -> None:
+        self._check_vocabularies()
+        self._check_layout()
+        self._check_categories()
+        self._check_free_of_objects()
+        if not self.text.detail_prompts:
+            raise ValueError("embedded_world.text.detail_prompts: empty list")
+        # A relation question needs two single objects, which a scene may lack: some other
+        # kind must always be available.
+        if not any(w > 0 for k, w in self.text.question_weights.items() if k != "relation"):
+            raise ValueError(
+                "embedded_world.text.question_weights: give a weight > 0 to at least one kind "
+                "other than relation"
+            )
+
+    def _check_vocabularies(self) -> None:
+        """Enough of each vocabulary to draw a scene."""
         names = self.category_names
         if len(names) < 2:
             raise ValueError("embedded_world.categories: need at least two categories")
@@ -388,6 +488,9 @@ class WorldConfig:
             raise ValueError("embedded_world.colours: empty palette")
         if not self.sizes:
             raise ValueError("embedded_world.sizes: no sizes")
+
+    def _check_layout(self) -> None:
+        """Every glyph fits a cell, and every object and its partner find one."""
         cell_h, cell_w = self.cell_size
         for size, (lo, hi) in self.sizes.items():
             if hi > min(cell_h, cell_w):
@@ -405,6 +508,10 @@ class WorldConfig:
                 f"embedded_world.objects_per_scene.max: {self.objects_max} objects plus their "
                 f"partners need {2 * self.objects_max} cells, the grid has {n_cells}"
             )
+
+    def _check_categories(self) -> None:
+        """Known scenes, partners and glyphs, one shape per category, one category per word."""
+        names = self.category_names
         glyphs_seen: dict[str, str] = {}
         for cat in self.categories:
             key = f"embedded_world.categories.{cat.name}"
@@ -437,16 +544,6 @@ class WorldConfig:
                         f"names {owner[word]!r}"
                     )
                 owner[word] = cat.name
-        self._check_free_of_objects()
-        if not self.text.detail_prompts:
-            raise ValueError("embedded_world.text.detail_prompts: empty list")
-        # A relation question needs two single objects, which a scene may lack: some other
-        # kind must always be available.
-        if not any(w > 0 for k, w in self.text.question_weights.items() if k != "relation"):
-            raise ValueError(
-                "embedded_world.text.question_weights: give a weight > 0 to at least one kind "
-                "other than relation"
-            )
 
     def _check_free_of_objects(self) -> None:
         """Reject scene words, attributes and prompts that contain an object word.
@@ -481,246 +578,81 @@ class WorldConfig:
 
 
 # --------------------------------------------------------------------------------------------
-# reading helpers
-class _Reader:
-    """Reads one mapping level, remembering which keys were used, to reject unknown ones."""
+# the embedded_world: mapping, level by level
+def _named(cls: type[Any]) -> Check:
+    """``{name: {field: value}}`` -> ``{name: cls(name=name, ...)}`` (the name is the key)."""
 
-    def __init__(self, mapping: Any, path: str, keys: tuple[str, ...] | None = None) -> None:
-        if not isinstance(mapping, Mapping):
-            raise ValueError(f"{path}: expected a mapping, got {type(mapping).__name__}")
-        self.data = mapping
-        self.path = path
-        self.used: set[str] = set()
-        if keys is not None:
-            # Report a misspelt key as unknown before its correct spelling is reported missing.
-            self.used.update(keys)
-            self.done()
-            self.used.clear()
+    def check(value: Any, key: str) -> dict[str, Any]:
+        out = {}
+        for name, given in _mapping(value, key).items():
+            values = _mapping(given, f"{key}.{name}")
+            if "name" in values:
+                raise ValueError(f"{key}.{name}: unknown keys ['name'] (the key is the name)")
+            out[name] = read_dataclass(cls, {**values, "name": name}, f"{key}.{name}")
+        return out
 
-    def get(self, key: str, default: Any = ...) -> Any:
-        self.used.add(key)
-        if key not in self.data:
-            if default is ...:
-                raise ValueError(f"{self.path}.{key}: missing")
-            return default
-        return self.data[key]
-
-    def key(self, key: str) -> str:
-        return f"{self.path}.{key}"
-
-    def sub(self, key: str, keys: tuple[str, ...] | None = None) -> _Reader:
-        return _Reader(self.get(key), self.key(key), keys)
-
-    def mapping(self, key: str) -> Mapping[str, Any]:
-        value = self.get(key)
-        if not isinstance(value, Mapping):
-            raise ValueError(f"{self.key(key)}: expected a mapping")
-        return value
-
-    def integer(self, key: str, default: Any = ..., lo: int | None = None) -> int:
-        return _int(self.get(key, default), self.key(key), lo=lo)
-
-    def number(self, key: str, default: Any = ..., lo: float | None = None) -> float:
-        value = self.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"{self.key(key)}: expected a number, got {value!r}")
-        if lo is not None and value < lo:
-            raise ValueError(f"{self.key(key)}: must be >= {lo}, got {value!r}")
-        return float(value)
-
-    def prob(self, key: str, default: Any = ...) -> float:
-        return _prob(self.get(key, default), self.key(key))
-
-    def text(self, key: str, default: Any = ...) -> str:
-        value = self.get(key, default)
-        if not isinstance(value, str) or not value.strip():
-            raise ValueError(f"{self.key(key)}: expected a non-empty string, got {value!r}")
-        return value
-
-    def choice(self, key: str, default: Any, options: tuple[str, ...]) -> str:
-        value = self.get(key, default)
-        if value not in options:
-            raise ValueError(f"{self.key(key)}: expected one of {options}, got {value!r}")
-        return str(value)
-
-    def words(self, key: str, default: Any = ..., allow_empty: bool = False) -> tuple[str, ...]:
-        value = self.get(key, default)
-        if isinstance(value, str) or not isinstance(value, list | tuple):
-            raise ValueError(f"{self.key(key)}: expected a list of strings, got {value!r}")
-        if not value and not allow_empty:
-            raise ValueError(f"{self.key(key)}: empty list")
-        for item in value:
-            if not isinstance(item, str) or not item.strip() or item != item.strip():
-                raise ValueError(f"{self.key(key)}: bad entry {item!r}")
-        return tuple(value)
-
-    def done(self) -> None:
-        unknown = sorted(set(self.data) - self.used)
-        if unknown:
-            raise ValueError(f"{self.path}.{unknown[0]}: unknown key")
+    return check
 
 
-def _int(value: Any, key: str, lo: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{key}: expected an integer, got {value!r}")
-    if lo is not None and value < lo:
-        raise ValueError(f"{key}: must be >= {lo}, got {value!r}")
-    return value
-
-
-def _prob(value: Any, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-        raise ValueError(f"{key}: expected a probability in [0, 1], got {value!r}")
-    return float(value)
-
-
-def _rgb(value: Any, key: str) -> tuple[int, int, int]:
-    if not isinstance(value, list | tuple) or len(value) != 3:
-        raise ValueError(f"{key}: expected [r, g, b], got {value!r}")
-    rgb = tuple(_int(v, key, lo=0) for v in value)
-    if max(rgb) > 255:
-        raise ValueError(f"{key}: channels must be in 0..255, got {value!r}")
-    return rgb  # type: ignore[return-value]
-
-
-def _int_range(value: Any, key: str, lo: int) -> tuple[int, int]:
-    if not isinstance(value, list | tuple) or len(value) != 2:
-        raise ValueError(f"{key}: expected [min, max], got {value!r}")
-    a, b = (_int(v, key, lo=lo) for v in value)
-    if b < a:
-        raise ValueError(f"{key}: max < min in {value!r}")
-    return a, b
-
-
-def _prob_range(value: Any, key: str) -> tuple[float, float]:
-    if not isinstance(value, list | tuple) or len(value) != 2:
-        raise ValueError(f"{key}: expected [min, max], got {value!r}")
-    a, b = (_prob(v, key) for v in value)
-    if b < a:
-        raise ValueError(f"{key}: max < min in {value!r}")
-    return a, b
-
-
-def _read_categories(p: _Reader) -> tuple[CategoryConfig, ...]:
-    cats = []
-    for name in p.data:
-        if not isinstance(name, str) or not name.strip() or name != name.strip().lower():
-            raise ValueError(f"{p.path}: bad category name {name!r} (lower case, no padding)")
-        c = p.sub(name, _CATEGORY_KEYS)
-        partner = c.get("partner", None)
-        if partner is not None and not isinstance(partner, str):
-            raise ValueError(f"{c.key('partner')}: expected a category name or null")
-        plural = c.get("plural", None)
-        if plural is not None and (not isinstance(plural, str) or not plural.strip()):
-            raise ValueError(f"{c.key('plural')}: expected a word or null")
-        synonyms = c.words("synonyms", default=[], allow_empty=True)
-        if any(s != s.lower() for s in synonyms):
-            raise ValueError(f"{c.key('synonyms')}: synonyms must be lower case")
-        cats.append(
-            CategoryConfig(
-                name=name,
-                synonyms=tuple(s for s in synonyms if s != name),
-                glyph=c.text("glyph"),
-                scene=c.text("scene"),
-                weight=c.number("weight", lo=1e-9),
-                partner=partner,
-                plural=plural,
-            )
-        )
-        c.done()
-    return tuple(cats)
-
-
-def _read_scenes(p: _Reader) -> dict[str, SceneConfig]:
-    scenes = {}
-    for name in p.data:
-        s = p.sub(name, _SCENE_KEYS)
-        scenes[name] = SceneConfig(
-            name=name,
-            weight=s.number("weight", lo=1e-9),
-            background=_rgb(s.get("background"), s.key("background")),
-            phrases=s.words("phrases"),
-            preposition=s.text("preposition"),
-            purpose=s.text("purpose"),
-            closings=s.words("closings", default=[], allow_empty=True),
-        )
-        s.done()
-    return scenes
-
-
-def _read_visual(p: _Reader) -> VisualConfig:
-    d = VisualConfig()
-    v = VisualConfig(
-        texture=p.number("texture", d.texture, lo=0),
-        texture_cells=p.integer("texture_cells", d.texture_cells, lo=1),
-        noise_std=p.number("noise_std", d.noise_std, lo=0),
-        contrast=_prob_range(p.get("contrast", d.contrast), p.key("contrast")),
-        clutter_strokes=p.integer("clutter_strokes", d.clutter_strokes, lo=0),
-        occlusion_probability=p.prob("occlusion_probability", d.occlusion_probability),
-        occlusion_fraction=_prob_range(
-            p.get("occlusion_fraction", d.occlusion_fraction), p.key("occlusion_fraction")
-        ),
-        supersample=p.integer("supersample", d.supersample, lo=1),
+def _categories(value: Any, key: str) -> tuple[CategoryConfig, ...]:
+    # A category's own name among its synonyms is dropped: it names the category already.
+    return tuple(
+        replace(cat, synonyms=tuple(s for s in cat.synonyms if s != cat.name))
+        for cat in _named(CategoryConfig)(value, key).values()
     )
-    p.done()
-    return v
 
 
-def _read_text(p: _Reader) -> TextConfig:
-    d = TextConfig()
-    weights = p.get("question_weights", d.question_weights)
-    if not isinstance(weights, Mapping):
-        raise ValueError(f"{p.key('question_weights')}: expected a mapping")
-    for kind, w in weights.items():
-        if kind not in _QUESTION_KINDS:
-            raise ValueError(
-                f"{p.key('question_weights')}.{kind}: unknown key "
-                f"(known: {', '.join(_QUESTION_KINDS)})"
-            )
-        if isinstance(w, bool) or not isinstance(w, int | float) or w < 0:
-            raise ValueError(f"{p.key('question_weights')}.{kind}: expected a weight >= 0")
-    plurals = p.get("irregular_plurals", d.irregular_plurals)
-    if not isinstance(plurals, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in plurals.items()
-    ):
-        raise ValueError(f"{p.key('irregular_plurals')}: expected a mapping word -> plural")
-    t = TextConfig(
-        mention_probability=p.prob("mention_probability", d.mention_probability),
-        colour_probability=p.prob("colour_probability", d.colour_probability),
-        size_probability=p.prob("size_probability", d.size_probability),
-        position_probability=p.prob("position_probability", d.position_probability),
-        relation_probability=p.prob("relation_probability", d.relation_probability),
-        synonym_probability=p.prob("synonym_probability", d.synonym_probability),
-        closing_probability=p.prob("closing_probability", d.closing_probability),
-        occlusion_mention_probability=p.prob(
-            "occlusion_mention_probability", d.occlusion_mention_probability
-        ),
-        caption_attribute_probability=p.prob(
-            "caption_attribute_probability", d.caption_attribute_probability
-        ),
-        captions_per_image=p.integer("captions_per_image", d.captions_per_image, lo=1),
-        detail_prompts=p.words("detail_prompts", list(d.detail_prompts)),
-        detail_share=p.prob("detail_share", d.detail_share),
-        reasoning_share=p.prob("reasoning_share", d.reasoning_share),
-        multi_turn_share=p.prob("multi_turn_share", d.multi_turn_share),
-        absent_question_share=p.prob("absent_question_share", d.absent_question_share),
-        partner_question_share=p.prob("partner_question_share", d.partner_question_share),
-        short_qa_share=p.prob("short_qa_share", d.short_qa_share),
-        short_qa_turns=p.integer("short_qa_turns", d.short_qa_turns, lo=1),
-        detail_order=p.choice("detail_order", d.detail_order, ("random", "reading")),
-        short_qa_suffix=p.text("short_qa_suffix", d.short_qa_suffix),
-        question_weights={k: float(weights.get(k, 0.0)) for k in _QUESTION_KINDS},
-        irregular_plurals=dict(plurals),
-    )
-    p.done()
-    return t
+def _each(item: Check) -> Check:
+    """A mapping whose values each pass ``item``."""
+
+    def check(value: Any, key: str) -> dict[str, Any]:
+        return {name: item(v, f"{key}.{name}") for name, v in _mapping(value, key).items()}
+
+    return check
 
 
-def _read_pope(p: _Reader) -> PopeConfig:
-    d = PopeConfig()
-    c = PopeConfig(
-        num_per_image=p.integer("num_per_image", d.num_per_image, lo=1),
-        seed=p.integer("seed", d.seed),
-    )
-    p.done()
-    return c
+def _group(cls: type[Any]) -> Check:
+    return lambda value, key: read_dataclass(cls, _mapping(value, key), key)
+
+
+def _objects_range(value: Any, key: str) -> tuple[int, int]:
+    counts = read_dataclass(_ObjectsPerScene, _mapping(value, key), key)
+    return counts.min, counts.max
+
+
+def _cooccurrence(value: Any, key: str) -> dict[str, float]:
+    rates = read_dataclass(_Cooccurrence, _mapping(value, key), key)
+    return {split: getattr(rates, split) for split in _SPLITS}
+
+
+@dataclass(frozen=True)
+class _ObjectsPerScene:
+    min: int = checked(_integer(lo=1))
+    max: int = checked(_integer(lo=1))
+
+
+@dataclass(frozen=True)
+class _Cooccurrence:
+    train: float = checked(_prob)
+    eval: float = checked(_prob)
+
+
+# Each top-level key of embedded_world: and its check; all are required.
+_TOP: dict[str, Callable[[Any, str], Any]] = {
+    "seed": _integer(),
+    "n_train_images": _integer(lo=1),
+    "n_eval_images": _integer(lo=1),
+    "image_size": _integer(lo=16),
+    "categories": _categories,
+    "scenes": _named(SceneConfig),
+    "colours": _each(_rgb),
+    "sizes": _each(_pair(_integer(lo=2))),
+    "grid": _group(GridConfig),
+    "objects_per_scene": _objects_range,
+    "duplicate_probability": _prob,
+    "cross_scene_probability": _prob,
+    "cooccurrence": _cooccurrence,
+    "visual": _group(VisualConfig),
+    "text": _group(TextConfig),
+    "pope": _group(PopeConfig),
+}
