@@ -207,94 +207,27 @@ def on_policy_pairs(
         )
     k = cfg.samples_per_image
     rows = samples.to_dict("records")
-    images = [load_image(str(r["image"])) for r in rows for _ in range(k)]
-    prompts = [str(r["prompt"]) for r in rows for _ in range(k)]
-    texts = generate(
-        model,
-        processor,
-        images,
-        prompts,
-        max_new_tokens=cfg.max_new_tokens,
-        do_sample=True,
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
-        batch_size=cfg.batch_size,
-        seed=cfg.seed,
-        progress=False,
-    )
+    texts = _sample(model, processor, rows, load_image, cfg)
     records = [
         {"image_id": image_ids[str(r["image"])], "caption": t}
         for r, t in zip((r for r in rows for _ in range(k)), texts, strict=True)
     ]
     per_caption = truth.score(records)["captions"]
     checker = DegenerateChecker(sentence_forms)
+    error = "partner_errors" if cfg.target == "partner" else "hallucinated"
     pairs: list[dict[str, Any]] = []
     for n, row in enumerate(rows):
-        scored = []
-        for j in range(n * k, (n + 1) * k):
-            caption = per_caption[j]
-            gt = set(caption["gt_objects"])
-            named = set(caption["objects"])
-            companions = partner_categories(gt, partners or {})
-            scored.append(
-                {
-                    "text": texts[j].strip(),
-                    "hallucinated": len({m["object"] for m in caption["hallucinated"]}),
-                    "correct": len(named & gt),
-                    "words": caption["n_words"],
-                    "degenerate": checker.reason(texts[j]) is not None,
-                    "absent_partners": len((companions - gt) & named),
-                    "partner_errors": len((companions - gt) & named)
-                    + len((companions & gt) - named),
-                }
-            )
-        error = "partner_errors" if cfg.target == "partner" else "hallucinated"
+        scored = [
+            _score_sample(texts[j], per_caption[j], checker, partners or {})
+            for j in range(n * k, (n + 1) * k)
+        ]
         picked = _pick(scored, cfg.min_hallucination_gap, cfg.max_extra_objects, error)
-        if picked is None:
-            continue
-        c, r = scored[picked[0]], scored[picked[1]]
-        pairs.append(
-            {
-                "id": f"{row['id']}{ID_SUFFIX}",
-                "image": row["image"],
-                "prompt": row["prompt"],
-                "chosen": c["text"],
-                "rejected": r["text"],
-                "split": row.get("split", "train"),
-                "task_type": "description",
-                "chosen_hallucinated": c["hallucinated"],
-                "rejected_hallucinated": r["hallucinated"],
-                "chosen_correct": c["correct"],
-                "rejected_correct": r["correct"],
-                "chosen_words": c["words"],
-                "rejected_words": r["words"],
-                # What the pair teaches about partners: an absent one not to name, a present
-                # one to name, or neither.
-                "direction": (
-                    "absent"
-                    if r["absent_partners"] > c["absent_partners"]
-                    else "present"
-                    if r["partner_errors"] > c["partner_errors"]
-                    else "other"
-                ),
-            }
-        )
+        if picked is not None:
+            pairs.append(_pair_row(row, scored[picked[0]], scored[picked[1]]))
     frame = pd.DataFrame(pairs)
     if cfg.balance and len(frame):
         frame = balance_directions(frame, cfg.seed)
-    stats = {
-        "images": float(len(rows)),
-        "pairs": float(len(frame)),
-        "images_without_pair": float(len(rows) - len(frame)),
-    }
-    for direction in ("absent", "present"):
-        stats[f"{direction}_partner_pairs"] = (
-            float((frame["direction"] == direction).sum()) if len(frame) else 0.0
-        )
-    for side in ("chosen", "rejected"):
-        for what in ("hallucinated", "correct", "words"):
-            column = f"{side}_{what}"
-            stats[f"mean_{column}"] = float(frame[column].mean()) if len(frame) else 0.0
+    stats = _pair_stats(frame, len(rows))
     logger.info(
         "on-policy pairs: %d of %d images (k=%d); hallucinated objects chosen %.2f vs "
         "rejected %.2f, true objects %.2f vs %.2f",
@@ -307,6 +240,98 @@ def on_policy_pairs(
         stats["mean_rejected_correct"],
     )
     return frame, stats
+
+
+def _sample(
+    model: Any,
+    processor: Any,
+    rows: Sequence[Mapping[str, Any]],
+    load_image: Callable[[str], Image.Image],
+    cfg: OnPolicyConfig,
+) -> list[str]:
+    """``samples_per_image`` sampled descriptions of each row's image, row by row."""
+    k = cfg.samples_per_image
+    return generate(
+        model,
+        processor,
+        [load_image(str(r["image"])) for r in rows for _ in range(k)],
+        [str(r["prompt"]) for r in rows for _ in range(k)],
+        max_new_tokens=cfg.max_new_tokens,
+        do_sample=True,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        progress=False,
+    )
+
+
+def _score_sample(
+    text: str,
+    caption: Mapping[str, Any],
+    checker: DegenerateChecker,
+    partners: Mapping[str, str | None],
+) -> dict[str, Any]:
+    """One sample's counts from its CHAIR record: hallucinated and true objects, words, and the
+    partner errors (absent companions named plus present ones left out)."""
+    gt = set(caption["gt_objects"])
+    named = set(caption["objects"])
+    companions = partner_categories(gt, partners)
+    return {
+        "text": text.strip(),
+        "hallucinated": len({m["object"] for m in caption["hallucinated"]}),
+        "correct": len(named & gt),
+        "words": caption["n_words"],
+        "degenerate": checker.reason(text) is not None,
+        "absent_partners": len((companions - gt) & named),
+        "partner_errors": len((companions - gt) & named) + len((companions & gt) - named),
+    }
+
+
+def _pair_row(row: Mapping[str, Any], c: Mapping[str, Any], r: Mapping[str, Any]) -> dict[str, Any]:
+    """The pair of one sample row: chosen ``c`` and rejected ``r`` with their counts."""
+    return {
+        "id": f"{row['id']}{ID_SUFFIX}",
+        "image": row["image"],
+        "prompt": row["prompt"],
+        "chosen": c["text"],
+        "rejected": r["text"],
+        "split": row.get("split", "train"),
+        "task_type": "description",
+        "chosen_hallucinated": c["hallucinated"],
+        "rejected_hallucinated": r["hallucinated"],
+        "chosen_correct": c["correct"],
+        "rejected_correct": r["correct"],
+        "chosen_words": c["words"],
+        "rejected_words": r["words"],
+        # What the pair teaches about partners: an absent one not to name, a present one to
+        # name, or neither.
+        "direction": (
+            "absent"
+            if r["absent_partners"] > c["absent_partners"]
+            else "present"
+            if r["partner_errors"] > c["partner_errors"]
+            else "other"
+        ),
+    }
+
+
+def _pair_stats(frame: pd.DataFrame, n_images: int) -> dict[str, float]:
+    """Counts of the pairs made from ``n_images`` images, and the sides' mean counts."""
+    stats = {
+        "images": float(n_images),
+        "pairs": float(len(frame)),
+        "images_without_pair": float(n_images - len(frame)),
+    }
+    for direction in ("absent", "present"):
+        stats[f"{direction}_partner_pairs"] = (
+            float((frame["direction"] == direction).sum()) if len(frame) else 0.0
+        )
+    for side in ("chosen", "rejected"):
+        for what in ("hallucinated", "correct", "words"):
+            column = f"{side}_{what}"
+            stats[f"mean_{column}"] = float(frame[column].mean()) if len(frame) else 0.0
+    return stats
 
 
 def on_policy_preferences(
