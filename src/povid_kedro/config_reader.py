@@ -66,4 +66,7 @@ def read_dataclass(
     for key, builder in (nested or {}).items():
         if key in values and not dataclasses.is_dataclass(values[key]):
             values[key] = builder(values[key], f"{where}.{key}")
-    return cls(**values)
+    try:
+        return cls(**values)
+    except TypeError as err:  # a value of the wrong type met a comparison in __post_init__
+        raise ValueError(f"{where}: {err}") from err
