@@ -7,7 +7,7 @@ ignored; the field types are checked before a run by :mod:`povid_kedro.params`.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, TypeVar
 
 _C = TypeVar("_C")
@@ -21,6 +21,25 @@ def checked(check: Check, **field_kwargs: Any) -> Any:
     """A dataclass field whose given value :func:`read_dataclass` passes through ``check``
     (a default is used as it is). ``field_kwargs`` go to :func:`dataclasses.field`."""
     return dataclasses.field(metadata={"check": check}, **field_kwargs)
+
+
+def check_keys(
+    values: Any, known: Collection[str], required: Collection[str], where: str
+) -> Mapping[str, Any]:
+    """``values``, if it is a mapping with only ``known`` keys and every ``required`` one.
+
+    Raises:
+        ValueError: Otherwise, naming ``where`` and the unknown or missing keys.
+    """
+    if not isinstance(values, Mapping):
+        raise ValueError(f"{where}: expected a mapping, got {type(values).__name__}")
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; known keys are {sorted(known)}")
+    missing = [key for key in required if key not in values]
+    if missing:
+        raise ValueError(f"{where}: missing keys {missing}")
+    return values
 
 
 def read_dataclass(
@@ -43,23 +62,15 @@ def read_dataclass(
         ValueError: On an unknown key, a missing required one or a value its check refuses;
             the message starts with ``where``.
     """
-    if values is not None and not isinstance(values, Mapping):
-        raise ValueError(f"{where}: expected a mapping, got {type(values).__name__}")
-    values = dict(values or {})
     fields = [f for f in dataclasses.fields(cls) if f.init]  # type: ignore[arg-type]
-    known = {f.name for f in fields}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"{where}: unknown keys {unknown}; known keys are {sorted(known)}")
-    missing = [
+    required = [
         f.name
         for f in fields
-        if f.name not in values
-        and f.default is dataclasses.MISSING
-        and f.default_factory is dataclasses.MISSING
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     ]
-    if missing:
-        raise ValueError(f"{where}: missing keys {missing}")
+    values = dict(
+        check_keys({} if values is None else values, [f.name for f in fields], required, where)
+    )
     for f in fields:
         if "check" in f.metadata and f.name in values:
             values[f.name] = f.metadata["check"](values[f.name], f"{where}.{f.name}")

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from povid_kedro.config_reader import Check, checked, read_dataclass
+from povid_kedro.config_reader import Check, check_keys, checked, read_dataclass
 from povid_kedro.inflect import pluralize
 from povid_kedro.world.render import GLYPHS
 
@@ -359,13 +359,7 @@ class WorldConfig:
                 the message names the key (``embedded_world.<path>``).
         """
         where = "embedded_world"
-        values = _mapping(params, where)
-        unknown = sorted(set(values) - set(_TOP))
-        if unknown:
-            raise ValueError(f"{where}: unknown keys {unknown}; known keys are {sorted(_TOP)}")
-        missing = [key for key in _TOP if key not in values]
-        if missing:
-            raise ValueError(f"{where}: missing keys {missing}")
+        values = check_keys(params, _TOP, _TOP, where)  # every top-level key is required
         v = {key: read(values[key], f"{where}.{key}") for key, read in _TOP.items()}
         objects_min, objects_max = v.pop("objects_per_scene")
         cfg = cls(**v, objects_min=objects_min, objects_max=objects_max)
@@ -637,7 +631,7 @@ class _Cooccurrence:
     eval: float = checked(_prob)
 
 
-# Each top-level key of embedded_world: and its check; all are required.
+# Each top-level key of embedded_world: and its check.
 _TOP: dict[str, Callable[[Any, str], Any]] = {
     "seed": _integer(),
     "n_train_images": _integer(lo=1),
