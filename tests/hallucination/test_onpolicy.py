@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from povid_kedro.hallucination.onpolicy import _pick, balance_directions
+from povid_kedro.hallucination.onpolicy import _pick, _pick_fluent, balance_directions, source_id
 
 
 def _s(hallucinated: int, correct: int, words: int = 30, degenerate: bool = False) -> dict:
@@ -30,6 +30,17 @@ def test_rejected_never_names_more_true_objects_than_chosen():
 def test_degenerate_samples_are_never_paired():
     assert _pick([_s(0, 2, degenerate=True), _s(2, 1)], gap=1) is None
     assert _pick([_s(0, 2), _s(3, 1, degenerate=True), _s(1, 1)], gap=1) == (0, 2)
+
+
+def test_a_fluency_pair_rejects_a_degenerate_sample_that_errs_at_least_as_much():
+    # The best fluent sample (1) against the degenerate one closest in length (3, not 0).
+    scored = [_s(1, 1, words=5, degenerate=True), _s(0, 2), _s(1, 2), _s(0, 1, 26, True)]
+    assert _pick_fluent(scored) == (1, 3)
+    # A fragment that hallucinates less than every fluent sample is not rejected.
+    assert _pick_fluent([_s(1, 2), _s(0, 1, words=5, degenerate=True)]) is None
+    assert _pick_fluent([_s(0, 2), _s(0, 2)]) is None
+    assert _pick_fluent([_s(0, 2, degenerate=True)]) is None
+    assert source_id("s12_fluency_onpolicy") == source_id("s12_onpolicy") == "s12"
 
 
 def test_among_equally_bad_rejections_the_closest_length_wins():

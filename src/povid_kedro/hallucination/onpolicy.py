@@ -35,10 +35,14 @@ ID_SUFFIX = "_onpolicy"
 """An on-policy pair's id is the injected pair's it replaces plus this suffix."""
 
 
+FLUENCY_SUFFIX = "_fluency"
+"""Before :data:`ID_SUFFIX` on a fluency pair's id (the same image's other pair keeps it)."""
+
+
 def source_id(pair_id: str) -> str:
     """The injected pair an on-policy pair replaced (same image and prompt), else the id itself:
     what the noise branch's free answers (keyed by the injected pairs' ids) are looked up by."""
-    return pair_id.removesuffix(ID_SUFFIX)
+    return pair_id.removesuffix(ID_SUFFIX).removesuffix(FLUENCY_SUFFIX)
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,10 @@ class OnPolicyConfig:
         balance: Keep as many pairs that teach not to name an absent partner as pairs that
             teach to name a present one (a seeded sample of the larger side; pairs about
             neither are dropped), so that naming partners more or less is not the lesson.
+        fluency_pairs: Also pair, on each image with a degenerate sample (a repeated phrase, a
+            sentence fragment), the image's best fluent sample against it, when the degenerate
+            one hallucinates and errs at least as much. Degenerate text is otherwise never in
+            a pair, so nothing teaches against it; these pairs are kept outside ``balance``.
     """
 
     enabled: bool = False
@@ -84,6 +92,7 @@ class OnPolicyConfig:
     max_extra_objects: int | None = None
     target: Literal["chair", "partner"] = "chair"
     balance: bool = False
+    fluency_pairs: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stages", tuple(self.stages))
@@ -102,6 +111,14 @@ class OnPolicyConfig:
         return read_dataclass(cls, values, "on_policy")
 
 
+def _best(scored: Sequence[Mapping[str, Any]], usable: Sequence[int], error: str) -> int:
+    """The chosen sample: fewest errors, fewest hallucinations, most true objects, first drawn."""
+    return min(
+        usable,
+        key=lambda i: (scored[i][error], scored[i]["hallucinated"], -scored[i]["correct"], i),
+    )
+
+
 def _pick(
     scored: Sequence[Mapping[str, Any]],
     gap: int,
@@ -116,16 +133,7 @@ def _pick(
     usable = [i for i, s in enumerate(scored) if not s["degenerate"]]
     if len(usable) < 2:
         return None
-    # Chosen: fewest errors, fewest hallucinations, then most true objects, then the first drawn.
-    chosen = min(
-        usable,
-        key=lambda i: (
-            scored[i][error],
-            scored[i]["hallucinated"],
-            -scored[i]["correct"],
-            i,
-        ),
-    )
+    chosen = _best(scored, usable, error)
     c = scored[chosen]
     rivals = [
         i
@@ -147,6 +155,29 @@ def _pick(
         key=lambda i: (scored[i][error], -abs(scored[i]["words"] - c["words"]), -i),
     )
     return chosen, rejected
+
+
+def _pick_fluent(
+    scored: Sequence[Mapping[str, Any]], error: str = "hallucinated"
+) -> tuple[int, int] | None:
+    """Indices (best fluent sample, a degenerate sample) of one image's samples, or ``None``.
+
+    The degenerate side errs and hallucinates at least as much as the fluent one, so the pair
+    never prefers hallucinating; of several, the one closest in length.
+    """
+    fluent = [i for i, s in enumerate(scored) if not s["degenerate"]]
+    if not fluent:
+        return None
+    chosen = _best(scored, fluent, error)
+    c = scored[chosen]
+    rivals = [
+        i
+        for i, s in enumerate(scored)
+        if s["degenerate"] and s[error] >= c[error] and s["hallucinated"] >= c["hallucinated"]
+    ]
+    if not rivals:
+        return None
+    return chosen, min(rivals, key=lambda i: (abs(scored[i]["words"] - c["words"]), i))
 
 
 def balance_directions(pairs: pd.DataFrame, seed: int) -> pd.DataFrame:
@@ -216,6 +247,7 @@ def on_policy_pairs(
     checker = DegenerateChecker(sentence_forms)
     error = "partner_errors" if cfg.target == "partner" else "hallucinated"
     pairs: list[dict[str, Any]] = []
+    fluency: list[dict[str, Any]] = []
     for n, row in enumerate(rows):
         scored = [
             _score_sample(texts[j], per_caption[j], checker, partners or {})
@@ -224,9 +256,14 @@ def on_policy_pairs(
         picked = _pick(scored, cfg.min_hallucination_gap, cfg.max_extra_objects, error)
         if picked is not None:
             pairs.append(_pair_row(row, scored[picked[0]], scored[picked[1]]))
+        fix = _pick_fluent(scored, error) if cfg.fluency_pairs else None
+        if fix is not None:
+            fluency.append(_pair_row(row, scored[fix[0]], scored[fix[1]], fluency=True))
     frame = pd.DataFrame(pairs)
     if cfg.balance and len(frame):
         frame = balance_directions(frame, cfg.seed)
+    if fluency:
+        frame = pd.concat([frame, pd.DataFrame(fluency)], ignore_index=True)
     stats = _pair_stats(frame, len(rows))
     logger.info(
         "on-policy pairs: %d of %d images (k=%d); hallucinated objects chosen %.2f vs "
@@ -288,10 +325,13 @@ def _score_sample(
     }
 
 
-def _pair_row(row: Mapping[str, Any], c: Mapping[str, Any], r: Mapping[str, Any]) -> dict[str, Any]:
-    """The pair of one sample row: chosen ``c`` and rejected ``r`` with their counts."""
+def _pair_row(
+    row: Mapping[str, Any], c: Mapping[str, Any], r: Mapping[str, Any], fluency: bool = False
+) -> dict[str, Any]:
+    """The pair of one sample row: chosen ``c`` and rejected ``r`` with their counts; a
+    ``fluency`` pair (rejected is degenerate) gets its own id and direction."""
     return {
-        "id": f"{row['id']}{ID_SUFFIX}",
+        "id": f"{row['id']}{FLUENCY_SUFFIX if fluency else ''}{ID_SUFFIX}",
         "image": row["image"],
         "prompt": row["prompt"],
         "chosen": c["text"],
@@ -304,10 +344,12 @@ def _pair_row(row: Mapping[str, Any], c: Mapping[str, Any], r: Mapping[str, Any]
         "rejected_correct": r["correct"],
         "chosen_words": c["words"],
         "rejected_words": r["words"],
-        # What the pair teaches about partners: an absent one not to name, a present one to
-        # name, or neither.
+        # What the pair teaches: fluent text, not to name an absent partner, to name a present
+        # one, or neither.
         "direction": (
-            "absent"
+            "fluency"
+            if fluency
+            else "absent"
             if r["absent_partners"] > c["absent_partners"]
             else "present"
             if r["partner_errors"] > c["partner_errors"]
@@ -318,15 +360,16 @@ def _pair_row(row: Mapping[str, Any], c: Mapping[str, Any], r: Mapping[str, Any]
 
 def _pair_stats(frame: pd.DataFrame, n_images: int) -> dict[str, float]:
     """Counts of the pairs made from ``n_images`` images, and the sides' mean counts."""
+    counts = frame["direction"].value_counts() if len(frame) else pd.Series(dtype=int)
+    fluency = float(counts.get("fluency", 0))
     stats = {
         "images": float(n_images),
         "pairs": float(len(frame)),
-        "images_without_pair": float(n_images - len(frame)),
+        "images_without_pair": n_images - (len(frame) - fluency),
+        "fluency_pairs": fluency,
     }
     for direction in ("absent", "present"):
-        stats[f"{direction}_partner_pairs"] = (
-            float((frame["direction"] == direction).sum()) if len(frame) else 0.0
-        )
+        stats[f"{direction}_partner_pairs"] = float(counts.get(direction, 0))
     for side in ("chosen", "rejected"):
         for what in ("hallucinated", "correct", "words"):
             column = f"{side}_{what}"

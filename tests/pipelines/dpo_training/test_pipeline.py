@@ -18,6 +18,7 @@ from povid_kedro.datasets.hf_model import HFModelDataset
 from povid_kedro.datasets.image_folder import ImageFolderDataset
 from povid_kedro.experiments import project_parameters
 from povid_kedro.metrics.chair import Chair
+from povid_kedro.metrics.degenerate import DegenerateChecker
 from povid_kedro.modeling import (
     SFTRow,
     TokenizerConfig,
@@ -235,11 +236,26 @@ def described(world, tmp_path_factory):
 def test_on_policy_stages_train_on_pairs_of_the_models_own_scored_samples(
     tmp_path, world, described
 ):
-    on_policy = {"enabled": True, "stages": [1, 2], "samples_per_image": 16, "temperature": 1.5}
+    on_policy = {
+        "enabled": True,
+        "stages": [1, 2],
+        "samples_per_image": 16,
+        "temperature": 1.5,
+        "fluency_pairs": True,
+    }
     catalog = _run(tmp_path, world, on_policy=on_policy, base=described)
     instances = _truth(world[2])
     chair = Chair("circle\nsquare\n", instances, {"images": [], "annotations": []})
     ids = {image["file_name"]: image["id"] for image in instances["images"]}
+    repeat = DegenerateChecker()  # this world has no sentence forms: repeated words only
+
+    def _hallucinated(row) -> tuple[int, int]:
+        scored = chair.score(
+            [{"image_id": ids[row.image], "caption": t} for t in (row.chosen, row.rejected)]
+        )["captions"]
+        chosen, rejected = (len(c["hallucinated"]) for c in scored)
+        return chosen, rejected
+
     for stage in ("stage1", "stage2"):
         pairs = catalog.load(f"{stage}_preferences")
         stats = {k: v[0]["value"] for k, v in catalog.load(f"{stage}_on_policy_metrics").items()}
@@ -248,12 +264,16 @@ def test_on_policy_stages_train_on_pairs_of_the_models_own_scored_samples(
         assert list(pairs.columns) == list(world[2].columns)
         assert len(pairs) == stats["pairs"] > 0
         assert stats["replaced_pairs"] == N_PAIRS
+        # A fluency pair rejects a degenerate sample that hallucinates at least as much.
+        fluency = pairs["id"].str.endswith("_fluency_onpolicy")
+        assert fluency.sum() == stats["fluency_pairs"] > 0
+        for row in pairs[fluency].itertuples():
+            assert repeat.reason(row.rejected) and not repeat.reason(row.chosen), row
+            chosen, rejected = _hallucinated(row)
+            assert chosen <= rejected, (row.chosen, row.rejected)
         # Chosen hallucinates fewer shapes than rejected, by CHAIR against the image's shapes.
-        for row in pairs.itertuples():
-            scored = chair.score(
-                [{"image_id": ids[row.image], "caption": t} for t in (row.chosen, row.rejected)]
-            )["captions"]
-            chosen, rejected = (len(c["hallucinated"]) for c in scored)
+        for row in pairs[~fluency].itertuples():
+            chosen, rejected = _hallucinated(row)
             assert chosen < rejected, (row.chosen, row.rejected)
     # Stage 2 sampled again, from the stage-1 model.
     assert not catalog.load("stage1_preferences").equals(catalog.load("stage2_preferences"))
