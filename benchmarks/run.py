@@ -38,6 +38,7 @@ SUITE: dict[str, tuple[list[str], list[str]]] = {
     "sft": ([], ["--images", "200", "--steps", "5", "--warmup", "2"]),
     "dpo": ([], ["--batch", "4", "--steps", "3", "--warmup", "1"]),
     "inject": ([], ["--samples", "200", "--rules-samples", "2000"]),
+    "pope": ([], ["--questions", "600", "--repeats", "1"]),
 }
 LIBRARIES = ("torch", "transformers", "trl", "peft", "kedro")
 

@@ -1,6 +1,9 @@
-"""Generation: batched equals one at a time, sampling is seeded, stop strings cut."""
+"""Generation: batched equals one at a time, sampling is seeded, stop strings cut, a repeated
+image is encoded once without changing an answer."""
 
 from __future__ import annotations
+
+import importlib
 
 import pytest
 import torch
@@ -9,6 +12,9 @@ from povid_kedro.modeling import build_model_and_processor
 from povid_kedro.modeling.generate import cut_at_stop, generate, to_messages
 
 from .conftest import PROMPT
+
+# The module, not the function the package exports under the same name.
+generate_module = importlib.import_module("povid_kedro.modeling.generate")
 
 # Prompts of different lengths, so the batch really is left padded.
 PROMPTS = [
@@ -91,3 +97,27 @@ def test_string_prompt_becomes_an_image_message():
     assert to_messages("<image>\nDescribe.") == [
         {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe."}]}
     ]
+
+
+def test_repeated_image_is_encoded_once_with_the_same_answers(scrambled, scenes, monkeypatch):
+    model, processor = scrambled
+    assert generate_module._can_share_images(model, processor)
+    # Three images, asked about 2, 3 and 1 times, rows interleaved, prompts of different lengths.
+    a, b, c = (image for image, _ in scenes[:3])
+    images = [a, b, a, b, c, b]
+    prompts = [PROMPTS[i] for i in (0, 0, 1, 3, 0, 1)]
+    encoded: list[int] = []
+    hook = model.model.vision_tower.register_forward_hook(
+        lambda _m, args, _out: encoded.append(args[0].shape[0])
+    )
+    try:
+        kwargs = {"max_new_tokens": 12, "batch_size": 8, "progress": False}
+        shared = generate(model, processor, images, prompts, **kwargs)
+        assert encoded == [3]  # one vision-tower pass over the three distinct images
+        monkeypatch.setattr(generate_module, "_can_share_images", lambda _m, _p: False)
+        per_row = generate(model, processor, [im.copy() for im in images], prompts, **kwargs)
+        assert encoded == [3, 6]
+    finally:
+        hook.remove()
+    assert shared == per_row
+    assert shared[0] != shared[2]  # same image, other prompt: the answers really differ

@@ -93,20 +93,72 @@ def answer_pope(
     Returns:
         ``{"question_id", "text"}`` per question, POPE's answer format.
     """
-    chosen = list(questions)[:limit]
-    if not chosen:
-        raise ValueError("the POPE question file is empty (check pope_* in the catalog)")
-    pil, prompts = [], []
-    for q in chosen:
-        for key in ("question_id", "image", "text"):
-            if key not in q:
-                raise ValueError(f"POPE question {q!r} has no {key!r}")
-        pil.append(_open_rgb(images, q["image"], f"POPE question {q['question_id']}"))
-        prompts.append(template.format(question=q["text"]))
-    texts = generate(model, processor, pil, prompts, **generation)
-    return [
-        {"question_id": q["question_id"], "text": t} for q, t in zip(chosen, texts, strict=True)
-    ]
+    return answer_pope_splits(
+        model,
+        processor,
+        images,
+        {"": questions},
+        template=template,
+        generation=generation,
+        limit=limit,
+    )[""]
+
+
+def answer_pope_splits(
+    model: Any,
+    processor: Any,
+    images: ImageFolder,
+    splits: Mapping[str, Sequence[Mapping[str, Any]]],
+    *,
+    template: str,
+    generation: Mapping[str, Any],
+    limit: int | None = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """Answer several POPE splits, each question (image and text) once.
+
+    The splits share their images and their questions about present objects, so a question
+    asked in several splits is generated once and its answer given to each; questions are
+    decoded in image order, so that an image's questions share a batch and one image encoding.
+
+    Args:
+        splits: Split name -> its questions (``question_id, image, text, label``).
+        template: How a question is asked, with ``{question}`` (and ``<image>``).
+        limit: Answer only the first ``limit`` questions of each split.
+
+    Returns:
+        Split name -> ``{"question_id", "text"}`` per question, POPE's answer format.
+    """
+    chosen: dict[str, list[Mapping[str, Any]]] = {}
+    opened: dict[str, Image.Image] = {}
+    for split, questions in splits.items():
+        chosen[split] = list(questions)[:limit]
+        if not chosen[split]:
+            named = f" ({split})" if split else ""
+            raise ValueError(
+                f"the POPE question file{named} is empty (check pope_* in the catalog)"
+            )
+        for q in chosen[split]:
+            for key in ("question_id", "image", "text"):
+                if key not in q:
+                    raise ValueError(f"POPE question {q!r} has no {key!r}")
+            if q["image"] not in opened:
+                where = f"POPE question {q['question_id']}"
+                opened[q["image"]] = _open_rgb(images, q["image"], where)
+    asked = sorted({(q["image"], q["text"]) for qs in chosen.values() for q in qs})
+    texts = generate(
+        model,
+        processor,
+        [opened[image] for image, _ in asked],
+        [template.format(question=text) for _, text in asked],
+        **generation,
+    )
+    answers = dict(zip(asked, texts, strict=True))
+    return {
+        split: [
+            {"question_id": q["question_id"], "text": answers[q["image"], q["text"]]} for q in qs
+        ]
+        for split, qs in chosen.items()
+    }
 
 
 def answer_mmhal(

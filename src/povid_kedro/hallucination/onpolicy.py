@@ -288,10 +288,12 @@ def _sample(
 ) -> list[str]:
     """``samples_per_image`` sampled descriptions of each row's image, row by row."""
     k = cfg.samples_per_image
+    # One image object per row: generate encodes it once for its k samples.
+    images = [load_image(str(r["image"])) for r in rows]
     return generate(
         model,
         processor,
-        [load_image(str(r["image"])) for r in rows for _ in range(k)],
+        [image for image in images for _ in range(k)],
         [str(r["prompt"]) for r in rows for _ in range(k)],
         max_new_tokens=cfg.max_new_tokens,
         do_sample=True,

@@ -4,11 +4,16 @@ Prompts are rendered with the processor's chat template, batched with left paddi
 row's last prompt token sits at the same position and the KV cache appends in step) and decoded by
 ``model.generate``, which derives position ids from the attention mask. Only the new text comes
 back, without special tokens and cut at the first stop string.
+
+Rows that pass the same image object (POPE's questions about one image, on-policy samples) share
+its preprocessing and vision-tower pass within a batch, where the model accepts precomputed
+encoder outputs (``mm_encoder_outputs``); otherwise each row goes through the processor.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -16,6 +21,7 @@ from typing import Any
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from povid_kedro.schema import IMAGE_TOKEN
 
@@ -157,6 +163,7 @@ def generate(
     if stop_strings:
         gen_kwargs.update(stop_strings=list(stop_strings), tokenizer=tokenizer)
 
+    share = _can_share_images(model, processor)
     was_training = model.training
     model.eval()
     answers: list[str] = []
@@ -168,18 +175,28 @@ def generate(
                 unit="batch",
                 disable=not progress,
             ):
-                batch = processor(
-                    text=[texts[i] for i in rows],
-                    images=[_rgb(images[i]) for i in rows],
-                    return_tensors="pt",
-                    padding=True,
-                    padding_side="left",
-                    add_special_tokens=add_special,
-                )
+                batch_texts = [texts[i] for i in rows]
+                batch_images = [images[i] for i in rows]
+                if share:
+                    batch = _shared_image_batch(
+                        model, processor, batch_texts, batch_images, add_special, dtype
+                    )
+                else:
+                    batch = processor(
+                        text=batch_texts,
+                        images=[_rgb(im) for im in batch_images],
+                        return_tensors="pt",
+                        padding=True,
+                        padding_side="left",
+                        add_special_tokens=add_special,
+                    )
+                encoded = batch.pop("mm_encoder_outputs", None)
                 batch = {
                     k: v.to(device, dtype=dtype) if k == "pixel_values" else v.to(device)
                     for k, v in batch.items()
                 }
+                if encoded is not None:
+                    batch["mm_encoder_outputs"] = encoded
                 out = model.generate(**batch, **gen_kwargs)
                 # Left padding puts every prompt's end at the same column: the rest is new text.
                 new_tokens = out[:, batch["input_ids"].shape[1] :]
@@ -188,6 +205,66 @@ def generate(
     finally:
         model.train(was_training)
     return answers
+
+
+def _can_share_images(model: Any, processor: Any) -> bool:
+    """Whether rows with the same image can share one encoding: the model takes precomputed
+    image features and the processor says how a preprocessed image expands in the text."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    replace = getattr(type(processor), "replace_image_token", None)
+    return (
+        "mm_encoder_outputs" in inspect.signature(base.forward).parameters
+        and hasattr(base, "get_image_features")
+        and getattr(processor, "image_token", None) is not None
+        and replace is not None
+        and getattr(replace, "__qualname__", "").split(".")[0] != "ProcessorMixin"
+    )
+
+
+def _shared_image_batch(
+    model: Any,
+    processor: Any,
+    texts: Sequence[str],
+    images: Sequence[Image.Image],
+    add_special: bool,
+    dtype: torch.dtype,
+) -> dict[str, Any]:
+    """The processor's tokenisation of ``texts`` with each distinct image object preprocessed and
+    encoded once; its features go to every row that shows it, as ``mm_encoder_outputs``."""
+    slot: dict[int, int] = {}
+    distinct: list[Image.Image] = []
+    for image in images:
+        if id(image) not in slot:
+            slot[id(image)] = len(distinct)
+            distinct.append(_rgb(image))
+    pixels = processor.image_processor(distinct, return_tensors="pt")
+    expanded = [processor.replace_image_token(pixels, image_idx=i) for i in range(len(distinct))]
+    token = processor.image_token
+    rows = [
+        t.replace(token, expanded[slot[id(im)]], 1) for t, im in zip(texts, images, strict=True)
+    ]
+    batch = dict(
+        processor.tokenizer(
+            rows,
+            return_tensors="pt",
+            padding=True,
+            padding_side="left",
+            add_special_tokens=add_special,
+        )
+    )
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    device = base.device
+    encoded = base.get_image_features(
+        pixel_values=pixels["pixel_values"].to(device, dtype=dtype), return_dict=True
+    )
+    features = list(encoded.pooler_output)
+    # One feature tensor per row, the form get_image_features returns and forward reads back
+    # (the dataclass annotates a single tensor).
+    per_row = [features[slot[id(im)]] for im in images]
+    batch["mm_encoder_outputs"] = {
+        "image": BaseModelOutputWithPooling(pooler_output=per_row)  # type: ignore[arg-type]
+    }
+    return batch
 
 
 def _rgb(image: Image.Image) -> Image.Image:

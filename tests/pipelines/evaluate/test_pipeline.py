@@ -19,6 +19,7 @@ from povid_kedro.modeling import (
     train_sft,
     train_tokenizer,
 )
+from povid_kedro.modeling.generate import generate
 from povid_kedro.modeling.hf_dir import weights_digest
 from povid_kedro.pipelines.evaluate import create_pipeline
 from povid_kedro.pipelines.evaluate.pipeline import MODELS
@@ -117,6 +118,26 @@ def test_every_model_is_scored_on_the_same_images_and_questions(evaluated):
     assert summaries["base"] == summaries["stage1"] == summaries["stage2"]
     mmhal = evaluated.load("stage2.mmhal")
     assert "benchmark files not found" in mmhal["skipped"]
+
+
+def test_pope_asks_a_question_shared_by_splits_once_without_changing_its_answer(world, evaluated):
+    world, images, (model, processor) = world
+    params = project_parameters()["evaluate"]
+    firsts = {split: questions[:N_QUESTIONS] for split, questions in world.pope.items()}
+    asked = {(q["image"], q["text"]) for questions in firsts.values() for q in questions}
+    assert len(asked) < 3 * N_QUESTIONS  # the splits do share questions
+    answers = evaluated.load("base.pope_answers")
+    for split, questions in firsts.items():
+        # Each question alone, in file order, its image opened for it: the plain path.
+        alone = generate(
+            model,
+            processor,
+            [images.open(q["image"]).convert("RGB") for q in questions],
+            [params["pope_template"].format(question=q["text"]) for q in questions],
+            **{**params["pope_generation"], "progress": False},
+        )
+        assert [a["text"] for a in answers[split]] == alone
+        assert [a["question_id"] for a in answers[split]] == [q["question_id"] for q in questions]
 
 
 def test_a_candidate_no_better_than_its_base_is_not_promoted(evaluated):

@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 
 from povid_kedro.evaluation import (
     answer_mmhal,
-    answer_pope,
+    answer_pope_splits,
     describe_images,
     report_figure,
     report_markdown,
@@ -85,17 +85,14 @@ def answer_pope_node(
         Split name -> ``{"question_id", "text"}`` records.
     """
     questions = dict(zip(POPE_SPLITS, (pope_random, pope_popular, pope_adversarial), strict=True))
-    return {
-        split: answer_pope(
-            *model,
-            eval_images,
-            records,
-            template=params["pope_template"],
-            generation=params["pope_generation"],
-            limit=params.get("max_pope_questions"),
-        )
-        for split, records in questions.items()
-    }
+    return answer_pope_splits(
+        *model,
+        eval_images,
+        questions,
+        template=params["pope_template"],
+        generation=params["pope_generation"],
+        limit=params.get("max_pope_questions"),
+    )
 
 
 def mmhal_node(
