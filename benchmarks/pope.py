@@ -10,6 +10,7 @@ Usage::
 
     .venv/bin/python benchmarks/pope.py                        # untrained default model
     .venv/bin/python benchmarks/pope.py --model-dir data/06_models/base_model
+    .venv/bin/python benchmarks/pope.py --env pretrained_tower --model-dir <that run's base_model>
 
 Without ``--model-dir`` it builds the default tiny model (untrained, so every answer runs to
 ``max_new_tokens``: the same work for both) with a tokenizer trained on the world's texts.
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     """Time both ways and print the times, their ratio and the identical answers."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", type=Path, help="a saved model directory (default: tiny)")
+    parser.add_argument("--env", help="Kedro environment whose world the model was trained on")
     parser.add_argument("--questions", type=int, help="per split (default: the pipeline's)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    project = project_parameters()
+    project = project_parameters(args.env)
     ev = project["evaluate"]
     limit = args.questions or ev["max_pope_questions"]
     # The pipeline's questions are about the first images; 1,200 of them give 5,600 per split.

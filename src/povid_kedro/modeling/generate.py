@@ -209,12 +209,22 @@ def generate(
 
 def _can_share_images(model: Any, processor: Any) -> bool:
     """Whether rows with the same image can share one encoding: the model takes precomputed
-    image features and the processor says how a preprocessed image expands in the text."""
+    image features, its tower needs nothing but the pixels (LLaVA-NeXT's also needs
+    ``image_sizes`` and packs its features, so it takes the per-row path), and the processor
+    says how a preprocessed image expands in the text."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     replace = getattr(type(processor), "replace_image_token", None)
+    encode = getattr(base, "get_image_features", None)
+    if encode is None or "mm_encoder_outputs" not in inspect.signature(base.forward).parameters:
+        return False
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    required = [
+        p.name
+        for p in inspect.signature(encode).parameters.values()
+        if p.kind in kinds and p.default is inspect.Parameter.empty
+    ]
     return (
-        "mm_encoder_outputs" in inspect.signature(base.forward).parameters
-        and hasattr(base, "get_image_features")
+        required == ["pixel_values"]
         and getattr(processor, "image_token", None) is not None
         and replace is not None
         and getattr(replace, "__qualname__", "").split(".")[0] != "ProcessorMixin"
