@@ -212,7 +212,7 @@ def _can_share_images(model: Any, processor: Any) -> bool:
     image features, its tower needs nothing but the pixels (LLaVA-NeXT's also needs
     ``image_sizes`` and packs its features, so it takes the per-row path), and the processor
     says how a preprocessed image expands in the text."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _unwrapped(model)
     replace = getattr(type(processor), "replace_image_token", None)
     encode = getattr(base, "get_image_features", None)
     if encode is None or "mm_encoder_outputs" not in inspect.signature(base.forward).parameters:
@@ -262,7 +262,7 @@ def _shared_image_batch(
             add_special_tokens=add_special,
         )
     )
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _unwrapped(model)
     device = base.device
     encoded = base.get_image_features(
         pixel_values=pixels["pixel_values"].to(device, dtype=dtype), return_dict=True
@@ -275,6 +275,11 @@ def _shared_image_batch(
         "image": BaseModelOutputWithPooling(pooler_output=per_row)  # type: ignore[arg-type]
     }
     return batch
+
+
+def _unwrapped(model: Any) -> Any:
+    """The transformers model under a PEFT wrapper (its encoder and forward signature)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def _rgb(image: Image.Image) -> Image.Image:
