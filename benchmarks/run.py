@@ -18,6 +18,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,14 +32,29 @@ ROOT = HERE.parent
 RESULTS = HERE / "results"
 BEGIN, END = "<!-- benchmarks:begin -->", "<!-- benchmarks:end -->"
 
-# name -> (arguments of the full run, arguments of --quick)
-SUITE: dict[str, tuple[list[str], list[str]]] = {
-    "world_ingest": ([], []),
-    "generate": ([], ["-n", "16", "--batch-size", "16", "--max-new-tokens", "32"]),
-    "sft": ([], ["--images", "200", "--steps", "5", "--warmup", "2"]),
-    "dpo": ([], ["--batch", "4", "--steps", "3", "--warmup", "1"]),
-    "inject": ([], ["--samples", "200", "--rules-samples", "2000"]),
-    "pope": ([], ["--questions", "600", "--repeats", "1"]),
+FIGURE = RESULTS / "cost.png"  # the cost curves; --readme copies it to README's figure
+README_FIGURE = ROOT / "docs" / "figures" / "bench_cost.png"
+
+# name -> (script, arguments of the full run, arguments of --quick). Sized so that the full run
+# takes under 15 minutes on 2 cores, --quick under 3.
+QUICK_DPO = ["--steps", "1", "--repeats", "1", "--warmup", "1"]
+SUITE: dict[str, tuple[str, list[str], list[str]]] = {
+    "world_ingest": ("world_ingest", [], []),
+    "generate": ("generate", [], ["-n", "16", "--batch-size", "16", "--max-new-tokens", "32"]),
+    "sft": ("sft", [], ["--images", "200", "--steps", "5", "--warmup", "2"]),
+    "dpo": ("dpo", ["--steps", "3", "--compute"], ["--batch", "4", *QUICK_DPO]),
+    "dpo_large": ("dpo", ["--model", "large"], ["--model", "large", "--batch", "1", *QUICK_DPO]),
+    "cost": (
+        "cost",
+        ["--plot", str(FIGURE)],
+        ["--model", "tiny", "--batches", "1", "2", "--repeats", "1", "2", "--steps", "1"],
+    ),
+    "inject": ("inject", [], ["--samples", "200", "--rules-samples", "2000"]),
+    "pope": (
+        "pope",
+        ["--questions", "1500", "--repeats", "2"],
+        ["--questions", "600", "--repeats", "1"],
+    ),
 }
 LIBRARIES = ("torch", "transformers", "trl", "peft", "kedro")
 
@@ -65,13 +81,13 @@ def machine() -> dict[str, Any]:
     }
 
 
-def run_one(name: str, args: list[str]) -> dict[str, Any]:
+def run_one(name: str, script: str, args: list[str]) -> dict[str, Any]:
     """One benchmark in its own process; its rows, or why it failed."""
     with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
         out = Path(tmp) / "result.json"
         start = time.perf_counter()
         done = subprocess.run(
-            [sys.executable, str(HERE / f"{name}.py"), *args, "--json", str(out)],
+            [sys.executable, str(HERE / f"{script}.py"), *args, "--json", str(out)],
             cwd=ROOT,
             capture_output=True,
             text=True,
@@ -104,6 +120,9 @@ def table(env: dict[str, Any], results: dict[str, dict[str, Any]], quick: bool) 
         for row in result["rows"]:
             ratio = "" if row["ratio"] is None else f"{row['ratio']:.2f}"
             lines.append(f"| {name} | {row['measure']} | {row['result']} | {ratio} | {threads} |")
+    settings = [f"- {name}: {r['settings']}" for name, r in results.items() if r.get("settings")]
+    if settings:
+        lines += ["", "Settings:", "", *settings]
     return "\n".join(lines) + "\n"
 
 
@@ -127,9 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     env = machine()
     results = {}
     for name in args.only or SUITE:
-        full, quick = SUITE[name]
+        script, full, quick = SUITE[name]
         print(f"{name} ...", flush=True)  # noqa: T201
-        results[name] = run_one(name, quick if args.quick else full)
+        results[name] = run_one(name, script, quick if args.quick else full)
         print(f"{name}: {results[name]['seconds']:.0f} s", flush=True)  # noqa: T201
     markdown = table(env, results, args.quick)
     RESULTS.mkdir(exist_ok=True)
@@ -137,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     (RESULTS / "latest.md").write_text(markdown)
     if args.readme:
         put_in_readme(markdown, ROOT / "README.md")
+        if "cost" in results and FIGURE.is_file():
+            shutil.copyfile(FIGURE, README_FIGURE)
     print(markdown)  # noqa: T201
     return 1 if any("failed" in r for r in results.values()) else 0
 
