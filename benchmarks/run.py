@@ -35,8 +35,8 @@ BEGIN, END = "<!-- benchmarks:begin -->", "<!-- benchmarks:end -->"
 FIGURE = RESULTS / "cost.png"  # the cost curves; --readme copies it to README's figure
 README_FIGURE = ROOT / "docs" / "figures" / "bench_cost.png"
 
-# name -> (script, arguments of the full run, arguments of --quick). Sized so that the full run
-# takes under 15 minutes on 2 cores, --quick under 3.
+# name -> (script, arguments of the full run, arguments of --quick). Sized for a full run under
+# 15 minutes on 2 cores (14 min 24 s on 2026-12-06); --quick is not yet under 3 (world_ingest).
 QUICK_DPO = ["--steps", "1", "--repeats", "1", "--warmup", "1"]
 SUITE: dict[str, tuple[str, list[str], list[str]]] = {
     "world_ingest": ("world_ingest", [], []),
