@@ -21,7 +21,6 @@ import logging
 import os
 import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from typing import Any
 import torch
 
 # benchmarks/ is the script's directory, hence on sys.path: the step and its ideal are dpo.py's.
-from dpo import S2, Bench, peak_above_start_mb
+from dpo import S2, Bench, _timed, peak_above_start_mb
 
 from povid_kedro.training.data import encode_pairs
 
@@ -39,10 +38,11 @@ def point(bench: Bench, pairs: int, answer_repeats: int, steps: int) -> dict[str
     bench.use_pairs(pairs, answer_repeats)
     variant = bench.povid(S2, "stage2", "teacher_forced", cached=True)
     variant.step()  # warm-up
+    assert variant.ideal is not None
     step, ideal = [], []
     for _ in range(steps):  # interleaved, so a slow moment spoils both alike
-        step.append(_seconds(variant.step))
-        ideal.append(_seconds(variant.ideal))
+        step += _timed(variant.step, 1)
+        ideal += _timed(variant.ideal, 1)
     encoded = encode_pairs(bench.processor, bench.frame, bench.max_length)
     answer = statistics.mean(len(c) for c in encoded.chosen_ids)
     return {
@@ -53,12 +53,6 @@ def point(bench: Bench, pairs: int, answer_repeats: int, steps: int) -> dict[str
         "ideal_s": statistics.median(ideal),
         "peak_mb": peak_above_start_mb(variant.step),
     }
-
-
-def _seconds(fn: Any) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def plot(by_batch: list[dict], by_length: list[dict], path: Path, title: str) -> None:

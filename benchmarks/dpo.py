@@ -193,11 +193,18 @@ def _loader(trainer: Any) -> Iterator[dict[str, Any]]:
         yield from trainer.get_train_dataloader()
 
 
-def _from_trainer(name: str, trainer: Any, ideal: Callable[[], None] | None = None) -> Variant:
+def _from_trainer(
+    name: str,
+    trainer: Any,
+    fixed: dict[str, Any] | None = None,
+    ideal: Callable[[], None] | None = None,
+) -> Variant:
+    """Steps of ``trainer``: from its loader, and on ``fixed`` (default: its first batch)."""
     trainer.create_optimizer()
     trainer.current_gradient_accumulation_steps = 1
     batches = _loader(trainer)
-    fixed = trainer._prepare_inputs(next(_loader(trainer)))
+    if fixed is None:
+        fixed = trainer._prepare_inputs(next(_loader(trainer)))
     return Variant(
         name,
         step=lambda: _optimiser_step(trainer, trainer._prepare_inputs(next(batches))),
@@ -310,7 +317,7 @@ class Bench:
         trainer = self._trainer(cfg, branches, noise)
         seconds = trainer.cache_reference(cfg.reference_batch_size) if cached else 0.0
         fixed = trainer._prepare_inputs(next(_loader(trainer)))
-        variant = _from_trainer(name, trainer, _ideal(trainer, fixed, cached))
+        variant = _from_trainer(name, trainer, fixed, _ideal(trainer, fixed, cached))
         variant.cache_seconds = seconds
         return variant
 
@@ -348,7 +355,7 @@ class Bench:
         # Its arithmetic: the POVID stage-1 uncached ideal on the same pairs (2 + 2 rows).
         twin = self._trainer(cfg, "stage1", None)
         ideal = _ideal(twin, twin._prepare_inputs(next(_loader(twin))), cached=False)
-        return _from_trainer(STOCK, trainer, ideal)
+        return _from_trainer(STOCK, trainer, ideal=ideal)
 
     def official(self) -> Variant:
         """Stage 2 as the official code runs it: per sample at batch 1, 3 policy + 3 reference."""
