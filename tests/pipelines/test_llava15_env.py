@@ -47,7 +47,10 @@ def llava15_run(tmp_path_factory):
             params = {
                 "openai_base_url": server.base_url,
                 "ingest_ground_truth": {"sample_size": None, "eval_fraction": 0.2},
-                "inject_hallucinations": {"openai": {"model": "test-model", "rpm": None}},
+                # No rate limits: at conf's tpm each request reserves its max_tokens (4 s apiece).
+                "inject_hallucinations": {
+                    "openai": {"model": "test-model", "rpm": None, "tpm": None}
+                },
                 # Two training processes (DDP over gloo) instead of its ZeRO-2 config, which
                 # needs GPUs: the node launches them and keeps the I/O.
                 "dpo_training": {
