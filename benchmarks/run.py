@@ -35,25 +35,31 @@ BEGIN, END = "<!-- benchmarks:begin -->", "<!-- benchmarks:end -->"
 FIGURE = RESULTS / "cost.png"  # the cost curves; --readme copies it to README's figure
 README_FIGURE = ROOT / "docs" / "figures" / "bench_cost.png"
 
-# name -> (script, arguments of the full run, arguments of --quick). Sized for a full run under
-# 15 minutes on 2 cores (14 min 24 s on 2026-12-06); --quick is not yet under 3 (world_ingest).
+# name -> (script, arguments of the full run, arguments of --quick; None: full run only). Sized
+# for a full run under 15 minutes on 2 cores and --quick under 3 (the large model's seven
+# variants take 90 s even at one step each, so --quick leaves them out).
 QUICK_DPO = ["--steps", "1", "--repeats", "1", "--warmup", "1"]
-SUITE: dict[str, tuple[str, list[str], list[str]]] = {
-    "world_ingest": ("world_ingest", [], []),
+SUITE: dict[str, tuple[str, list[str], list[str] | None]] = {
+    "world_ingest": ("world_ingest", [], ["--train-images", "2000", "--eval-images", "500"]),
     "generate": ("generate", [], ["-n", "16", "--batch-size", "16", "--max-new-tokens", "32"]),
     "sft": ("sft", [], ["--images", "200", "--steps", "5", "--warmup", "2"]),
     "dpo": ("dpo", ["--steps", "3", "--compute"], ["--batch", "4", *QUICK_DPO]),
-    "dpo_large": ("dpo", ["--model", "large"], ["--model", "large", "--batch", "1", *QUICK_DPO]),
+    "dpo_large": ("dpo", ["--model", "large"], None),
     "cost": (
         "cost",
         ["--plot", str(FIGURE)],
         ["--model", "tiny", "--batches", "1", "2", "--repeats", "1", "2", "--steps", "1"],
     ),
-    "inject": ("inject", [], ["--samples", "200", "--rules-samples", "2000"]),
+    "inject": (
+        "inject",
+        [],
+        ["--concurrency", "8", "64", "--rounds", "5", "--resume-concurrency", "8"]
+        + ["--rules-samples", "2000"],
+    ),
     "pope": (
         "pope",
         ["--questions", "1500", "--repeats", "2"],
-        ["--questions", "600", "--repeats", "1"],
+        ["--questions", "300", "--repeats", "1"],
     ),
 }
 LIBRARIES = ("torch", "transformers", "trl", "peft", "kedro")
@@ -147,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for name in args.only or SUITE:
         script, full, quick = SUITE[name]
+        if args.quick and quick is None:
+            continue
         print(f"{name} ...", flush=True)  # noqa: T201
         results[name] = run_one(name, script, quick if args.quick else full)
         print(f"{name}: {results[name]['seconds']:.0f} s", flush=True)  # noqa: T201

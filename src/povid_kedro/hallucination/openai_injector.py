@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 import openai
 import pandas as pd
+from openai.types.chat import ChatCompletion
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -534,11 +535,18 @@ class OpenAIInjector(Injector):
                 raise run.counters.refused
             run.counters.requests += 1
             try:
-                completion = await run.client.chat.completions.create(
-                    model=self.model,
-                    messages=messages,  # type: ignore[arg-type]
-                    temperature=self.api.temperature,
-                    max_tokens=self.api.max_tokens,
+                # The SDK's generic POST with the body as built: `chat.completions.create`
+                # walks every message through its typed-dict transform first (~3 ms of CPU a
+                # request, which capped 64 concurrent requests at 0.57 of the ideal rate).
+                completion = await run.client.post(
+                    "/chat/completions",
+                    body={
+                        "model": self.model,
+                        "messages": messages,
+                        "temperature": self.api.temperature,
+                        "max_tokens": self.api.max_tokens,
+                    },
+                    cast_to=ChatCompletion,
                 )
             except Exception as err:
                 return self._classify(err, run)
