@@ -33,6 +33,16 @@ for key, value in {
     os.environ.setdefault(key, value)
 
 
+def project_copy(project: Path) -> Path:
+    """A Kedro project in ``project`` with this checkout's configuration (no ``conf/local``: no
+    secrets, a fresh MLflow store and data folder); the package is imported from the install."""
+    shutil.copytree(ROOT / "conf", project / "conf", ignore=shutil.ignore_patterns("local"))
+    (project / "conf" / "local").mkdir()
+    shutil.copy(ROOT / "pyproject.toml", project)
+    (project / "src").mkdir()
+    return project
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train-images", type=int, help="instead of conf's n_train_images")
@@ -55,11 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.disable(logging.WARNING)
     warnings.simplefilter("ignore")
     with tempfile.TemporaryDirectory() as tmp:
-        project = Path(tmp)
-        shutil.copytree(ROOT / "conf", project / "conf", ignore=shutil.ignore_patterns("local"))
-        (project / "conf" / "local").mkdir()
-        shutil.copy(ROOT / "pyproject.toml", project)
-        (project / "src").mkdir()  # the package is imported from the install
+        project = project_copy(Path(tmp))
         os.chdir(project)
         bootstrap_project(project)
         times = {}
