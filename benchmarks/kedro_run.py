@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         seconds = time.perf_counter() - start
         # ru_maxrss of the children: the kedro process (kB on Linux).
-        peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+        peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
         if done.returncode != 0:
             sys.stderr.write(done.stderr.decode(errors="replace")[-3000:])
             return done.returncode
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     node_seconds = sum(values.get("seconds", 0.0) for values in nodes.values())
     print(  # noqa: T201
         f"kedro run: {seconds:.0f} s ({seconds / BUDGET_S:.2f} of the {BUDGET_S / 60:.0f}-minute "
-        f"budget), peak memory {peak_gb:.2f} GB; node time {node_seconds:.0f} s"
+        f"budget), peak memory {peak_gib:.2f} GiB; node time {node_seconds:.0f} s"
     )
     for name, values in slowest[: args.nodes]:
         print(f"  {name:45s} {values['seconds']:7.1f} s {values['peak_rss_mb']:7.0f} MiB")  # noqa: T201
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "measure": "`kedro run` (every pipeline, the default world): budget / measured",
                 "result": f"{seconds:.0f} s (budget {BUDGET_S:.0f} s), peak memory "
-                f"{peak_gb:.2f} GB, {len(nodes)} nodes",
+                f"{peak_gib:.2f} GiB, {len(nodes)} nodes",
                 "ratio": BUDGET_S / seconds,
             }
         ]
