@@ -297,6 +297,10 @@ class OpenAIInjector(Injector):
             api_key=self._api_key or "not-needed",
             max_retries=0,
             timeout=api.timeout,
+            # The SDK's aiohttp transport: about 1 ms less client CPU a request than its
+            # default httpx stack, which is what bounds many concurrent requests (concurrency
+            # 64 at 200 ms: 0.64 -> 0.74 of the ideal rate, benchmarks/inject.py).
+            http_client=openai.DefaultAioHttpClient(timeout=api.timeout),
         )
         limiter = RateLimiter(api.rpm, api.tpm, api.burst_seconds)
         semaphore = asyncio.Semaphore(api.concurrency)
