@@ -298,8 +298,8 @@ class OpenAIInjector(Injector):
             max_retries=0,
             timeout=api.timeout,
             # The SDK's aiohttp transport: about 1 ms less client CPU a request than its
-            # default httpx stack, which is what bounds many concurrent requests (concurrency
-            # 64 at 200 ms: 0.64 -> 0.74 of the ideal rate, benchmarks/inject.py).
+            # default httpx stack, and client CPU is what bounds many concurrent requests
+            # (concurrency 64 at 200 ms: 0.64 -> 0.74-0.85 of the ideal rate, benchmarks/).
             http_client=openai.DefaultAioHttpClient(timeout=api.timeout),
         )
         limiter = RateLimiter(api.rpm, api.tpm, api.burst_seconds)
@@ -540,8 +540,8 @@ class OpenAIInjector(Injector):
             run.counters.requests += 1
             try:
                 # The SDK's generic POST with the body as built: `chat.completions.create`
-                # walks every message through its typed-dict transform first (~3 ms of CPU a
-                # request, which capped 64 concurrent requests at 0.57 of the ideal rate).
+                # first walks every message through its typed-dict transform, about 1 ms of
+                # client CPU a request (concurrency 64: 0.57 -> 0.63 of the ideal rate).
                 completion = await run.client.post(
                     "/chat/completions",
                     body={
