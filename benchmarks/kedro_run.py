@@ -3,8 +3,9 @@
 Runs `kedro run` (the command `make run` runs) as a subprocess in a temporary copy of the
 project's configuration, times it and takes its peak resident memory, then reads from the run's
 own MLflow store what the node hook recorded (``node.<name>.seconds``,
-``node.<name>.peak_rss_mb``) and reports the total against the default run's 15-minute budget and the
-slowest nodes. About 19 minutes on 2 cores, so `make bench` leaves it out; run it on its own:
+``node.<name>.peak_rss_mb``) and reports the total against the default run's 15-minute budget
+and the slowest nodes. About 19 minutes on 2 cores, so `make bench` leaves it out; run it on its
+own:
 
     .venv/bin/python benchmarks/run.py --only kedro_run
     .venv/bin/python benchmarks/kedro_run.py [--nodes 8]
