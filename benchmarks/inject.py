@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import logging
 import multiprocessing as mp
@@ -85,8 +86,14 @@ class Server:
             return int(self._counter.value)
 
 
+@functools.cache
+def _params() -> dict[str, Any]:
+    """The injector's parameters as `kedro run` reads them (loaded once: ~0.5 s each time)."""
+    return project_parameters()["inject_hallucinations"]
+
+
 def _injector(base_url: str, concurrency: int, cache_dir: Path) -> Any:
-    params = copy.deepcopy(project_parameters()["inject_hallucinations"])
+    params = copy.deepcopy(_params())
     params["injector"] = "openai"
     params["openai"].update(
         base_url=base_url, concurrency=concurrency, rpm=None, tpm=None, timeout=30, progress=False
@@ -178,7 +185,7 @@ def bench_resume(latency: float, concurrency: int, rounds: int, server: Server) 
 def bench_rules(n: int) -> dict[str, float]:
     """Time the rules injector (mining + edits + validation) on ``n`` synthetic samples."""
     samples = make_samples(n, seed=1)
-    injector = make_injector(project_parameters()["inject_hallucinations"])
+    injector = make_injector(_params())
     t0 = time.perf_counter()
     result = injector.inject(samples, make_loader())
     seconds = time.perf_counter() - t0

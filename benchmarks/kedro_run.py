@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from world_ingest import ROOT, project_copy
+from world_ingest import project_copy
 
 BUDGET_S = 15 * 60.0
 
@@ -96,5 +96,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    os.chdir(ROOT)
     sys.exit(main())
