@@ -54,7 +54,18 @@ def test_pretraining_teaches_the_tower_to_name_the_objects_and_freezes_it(tokeni
     assert all(p.requires_grad for p in model.model.language_model.parameters())
 
 
-def test_the_base_model_trains_its_language_side_on_the_pretrained_frozen_tower(shape_scenes):
+# LeViT's stem has BatchNorm: "frozen" must also keep its running statistics and normalise with
+# them, or the language model learns on batch-normalised features it never sees at inference.
+TOWERS = {
+    "clip": {},
+    "levit": {"vision_tower": "levit", "image_size": 64, "patch_size": 16},
+}
+
+
+@pytest.mark.parametrize("tower", sorted(TOWERS))
+def test_the_base_model_trains_its_language_side_on_the_pretrained_frozen_tower(
+    shape_scenes, tower
+):
     table = pd.DataFrame(
         {
             "image": [f"{i}.png" for i in range(len(shape_scenes))],
@@ -68,7 +79,7 @@ def test_the_base_model_trains_its_language_side_on_the_pretrained_frozen_tower(
         "tasks": ["description"],
         "text_warmup": False,
         "tokenizer": {"vocab_size": 300, "min_frequency": 1},
-        "model": {**dataclasses.asdict(MODEL_CFG)},
+        "model": {**dataclasses.asdict(MODEL_CFG), **TOWERS[tower]},
         "train": {"steps": 3, "batch_size": 4, "lr": 1e-2, "num_threads": 1},
     }
     pretraining = {"epochs": 2, "batch_size": 32}
@@ -89,9 +100,12 @@ def test_the_base_model_trains_its_language_side_on_the_pretrained_frozen_tower(
         objects=ObjectExtractor(SYNONYMS).objects,
         prepare=after_pretraining,
     )
-    fresh, _ = build_model_and_processor(MODEL_CFG, processor.tokenizer)
+    fresh, _ = build_model_and_processor(
+        dataclasses.replace(MODEL_CFG, **TOWERS[tower]), processor.tokenizer
+    )
     tower = model.model.vision_tower.state_dict()
-    assert all(torch.equal(tower[k], v) for k, v in seen["tower"].items())  # frozen in SFT
+    # frozen in SFT: weights and BatchNorm statistics
+    assert all(torch.equal(tower[k], v) for k, v in seen["tower"].items())
     assert not all(  # ...but pretrained: not the freshly initialised tower
         torch.equal(tower[k], v) for k, v in fresh.model.vision_tower.state_dict().items()
     )

@@ -86,7 +86,7 @@ class OnPolicyConfig:
     temperature: float = 0.8
     top_p: float = 1.0
     max_new_tokens: int = 96
-    batch_size: int = 64
+    batch_size: int = 256
     seed: int = 0
     min_hallucination_gap: int = 1
     max_extra_objects: int | None = None

@@ -220,6 +220,18 @@ def _optimizer(model: torch.nn.Module, cfg: TrainConfig, lr: float) -> torch.opt
     )
 
 
+def freeze_norm_statistics(model: torch.nn.Module) -> None:
+    """Put every BatchNorm whose parameters do not train into eval mode (call it after
+    ``model.train()``), so that a frozen vision tower such as LeViT's neither updates its
+    running statistics nor normalises with a batch's statistics: it gives the features it will
+    give at inference (and, in DPO, the cached reference's before the first update)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not any(
+            p.requires_grad for p in module.parameters()
+        ):
+            module.eval()
+
+
 def _run_phase(
     model: torch.nn.Module,
     collator: SFTCollator,
@@ -244,6 +256,7 @@ def _run_phase(
     lrs: list[float] = []
     task_losses: dict[str, list[float]] = {}
     model.train()
+    freeze_norm_statistics(model)
     bar = tqdm(range(steps), desc=phase, unit="step", disable=not progress)
     running = None
     for step in bar:

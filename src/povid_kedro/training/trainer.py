@@ -59,6 +59,7 @@ from trl import DPOConfig, DPOTrainer
 from trl.trainer.utils import use_adapter
 
 from povid_kedro.modeling.hf_dir import save_model_dir, weights_digest
+from povid_kedro.modeling.train import freeze_norm_statistics
 from povid_kedro.schema import IGNORE_INDEX
 from povid_kedro.training.checkpoints import (
     StepsCheckpointer,
@@ -199,18 +200,6 @@ class TrainReport:
         out["train_pairs"] = float(self.n_train_pairs)
         out["unused_pairs"] = float(self.n_unused_pairs)
         return out
-
-
-def _freeze_norm_statistics(model: torch.nn.Module) -> None:
-    """Put every BatchNorm whose parameters do not train into eval mode (after the Trainer's
-    ``model.train()``), so a frozen vision tower such as LeViT's neither updates its running
-    statistics from DPO batches (noisy images included) nor normalises with batch statistics,
-    which would make the policy differ from the cached reference before the first update."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not any(
-            p.requires_grad for p in module.parameters()
-        ):
-            module.eval()
 
 
 class POVIDTrainer(DPOTrainer):
@@ -533,7 +522,7 @@ class POVIDTrainer(DPOTrainer):
     ) -> Any:
         mode = "train" if self.policy.training else "eval"
         if mode == "train":
-            _freeze_norm_statistics(model)
+            freeze_norm_statistics(model)
         terms = self.sequence_terms(model, inputs, reference=False)
         policy, lengths = self.branch_logps(terms)
         if all(f"ref_{key}" in inputs for key in policy):
