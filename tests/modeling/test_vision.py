@@ -54,18 +54,17 @@ def test_pretraining_teaches_the_tower_to_name_the_objects_and_freezes_it(tokeni
     assert all(p.requires_grad for p in model.model.language_model.parameters())
 
 
-# LeViT's stem has BatchNorm: "frozen" must also keep its running statistics and normalise with
-# them, or the language model learns on batch-normalised features it never sees at inference.
-TOWERS = {
-    "clip": {},
-    "levit": {"vision_tower": "levit", "image_size": 64, "patch_size": 16},
-}
+# LeViT's stem has BatchNorm: with freeze_norm_statistics its running statistics stay too;
+# without, they follow the SFT batches (conf/base's choice, README).
+LEVIT = {"vision_tower": "levit", "image_size": 64, "patch_size": 16}
+TOWERS = {"clip": ({}, False), "levit": (LEVIT, True), "levit_batch_norms": (LEVIT, False)}
 
 
 @pytest.mark.parametrize("tower", sorted(TOWERS))
 def test_the_base_model_trains_its_language_side_on_the_pretrained_frozen_tower(
     shape_scenes, tower
 ):
+    model_overrides, freeze_norms = TOWERS[tower]
     table = pd.DataFrame(
         {
             "image": [f"{i}.png" for i in range(len(shape_scenes))],
@@ -79,10 +78,10 @@ def test_the_base_model_trains_its_language_side_on_the_pretrained_frozen_tower(
         "tasks": ["description"],
         "text_warmup": False,
         "tokenizer": {"vocab_size": 300, "min_frequency": 1},
-        "model": {**dataclasses.asdict(MODEL_CFG), **TOWERS[tower]},
+        "model": {**dataclasses.asdict(MODEL_CFG), **model_overrides},
         "train": {"steps": 3, "batch_size": 4, "lr": 1e-2, "num_threads": 1},
     }
-    pretraining = {"epochs": 2, "batch_size": 32}
+    pretraining = {"epochs": 2, "batch_size": 32, "freeze_norm_statistics": freeze_norms}
     with pytest.raises(ValueError, match="needs `objects`"):
         train_scratch_model(table, images.__getitem__, **kwargs, vision_pretraining=pretraining)
 
@@ -101,11 +100,14 @@ def test_the_base_model_trains_its_language_side_on_the_pretrained_frozen_tower(
         prepare=after_pretraining,
     )
     fresh, _ = build_model_and_processor(
-        dataclasses.replace(MODEL_CFG, **TOWERS[tower]), processor.tokenizer
+        dataclasses.replace(MODEL_CFG, **model_overrides), processor.tokenizer
     )
     tower = model.model.vision_tower.state_dict()
-    # frozen in SFT: weights and BatchNorm statistics
-    assert all(torch.equal(tower[k], v) for k, v in seen["tower"].items())
+    weights = dict(model.model.vision_tower.named_parameters())
+    assert all(torch.equal(w, seen["tower"][k]) for k, w in weights.items())  # frozen in SFT
+    statistics = [k for k in tower if "running" in k]
+    moved = any(not torch.equal(tower[k], seen["tower"][k]) for k in statistics)
+    assert moved == (bool(statistics) and not freeze_norms)
     assert not all(  # ...but pretrained: not the freshly initialised tower
         torch.equal(tower[k], v) for k, v in fresh.model.vision_tower.state_dict().items()
     )

@@ -70,7 +70,8 @@ class AblationRow:
         dpo: Overrides of the ``dpo_training`` parameters (``stage1`` / ``stage2`` keys).
         noise: Overrides of the ``noise_trigger`` parameters (``step``, ``mode``, ...).
         on_policy: Overrides of the ``on_policy`` parameters, which a row that names them
-            turns on (``None``: the injected pairs).
+            turns on unless it says ``enabled: false`` (``None``: the run's ``on_policy``
+            parameters as they are, so that the rows train on what ``kedro run`` trains on).
     """
 
     name: str
@@ -205,7 +206,9 @@ def run_ablation(
         noise_params: The ``noise_trigger`` parameters the rows override.
         on_policy: The ``on_policy`` parameters the rows override and the function that makes
             a stage's pairs (the ``dpo_training`` pairs nodes' function); needed by rows that
-            name ``on_policy``.
+            name ``on_policy`` (see :func:`row_policy`). With the parameters enabled, every
+            row that does not turn them off trains on on-policy pairs, its SFT-only control
+            included.
 
     Returns:
         ``{"seeds", "base": metrics, "rows": {name: {"stages", "overrides", "runs": [{"seed",
@@ -222,7 +225,7 @@ def run_ablation(
             cfg = DPOTrainingConfig.from_dict(
                 deep_merge(deep_merge(dict(dpo_params), row.dpo), stage_seeds)
             )
-            policy = _row_policy(row, seed, on_policy)
+            policy = row_policy(row, seed, on_policy)
             model, processor = copy.deepcopy(base[0]), base[1]
             start = time.perf_counter()
             if 1 in row.stages:
@@ -259,16 +262,24 @@ def run_ablation(
     return results
 
 
-def _row_policy(
+def row_policy(
     row: AblationRow, seed: int, on_policy: tuple[Mapping[str, Any], OnPolicyMaker] | None
 ) -> OnPolicyConfig | None:
-    """The row's on-policy settings (the run's seed draws the samples), or ``None``."""
-    if row.on_policy is None:
-        return None
+    """The row's on-policy settings (the run's seed draws the samples), or ``None`` for the
+    injected pairs: the run's ``on_policy`` parameters with the row's overrides, which turn
+    them on unless the row sets ``enabled: false``."""
     if on_policy is None:
-        raise ValueError(f"ablation row {row.name!r} names on_policy, but no pair maker was given")
-    values = deep_merge(dict(on_policy[0]), row.on_policy) | {"enabled": True, "seed": seed}
-    return OnPolicyConfig.from_dict(values)
+        if row.on_policy is not None:
+            raise ValueError(
+                f"ablation row {row.name!r} names on_policy, but no pair maker was given"
+            )
+        return None
+    values = dict(on_policy[0])
+    if row.on_policy is not None:
+        values = deep_merge(values | {"enabled": True}, row.on_policy)
+    if not values.get("enabled", False):
+        return None
+    return OnPolicyConfig.from_dict(values | {"seed": seed})
 
 
 def _on_policy(

@@ -127,6 +127,9 @@ def train_scratch_model(
         sft_rows,
         TrainConfig.from_dict(dict(train)),
         text_rows=warmup if text_warmup else None,
+        frozen_norms=vision_cfg.epochs > 0
+        and vision_cfg.freeze
+        and vision_cfg.freeze_norm_statistics,
     )
     result.vision_losses = vision["losses"]
     result.seconds += vision["seconds"]

@@ -245,6 +245,7 @@ def _run_phase(
     generator: torch.Generator,
     callback: StepCallback | None,
     progress: bool,
+    frozen_norms: bool,
 ) -> tuple[list[float], list[float], dict[str, list[float]]]:
     optimizer = _optimizer(model, cfg, peak_lr)
     warmup = round(cfg.warmup_ratio * steps)
@@ -256,7 +257,8 @@ def _run_phase(
     lrs: list[float] = []
     task_losses: dict[str, list[float]] = {}
     model.train()
-    freeze_norm_statistics(model)
+    if frozen_norms:
+        freeze_norm_statistics(model)
     bar = tqdm(range(steps), desc=phase, unit="step", disable=not progress)
     running = None
     for step in bar:
@@ -295,6 +297,7 @@ def train_sft(
     text_rows: Sequence[str] | None = None,
     callback: StepCallback | None = None,
     progress: bool = True,
+    frozen_norms: bool = False,
 ) -> TrainResult:
     """Train ``model`` in place on supervised rows, optionally after a text-only warm-up.
 
@@ -308,6 +311,9 @@ def train_sft(
         callback: Called as ``callback(phase, step, loss, lr)`` after each step, ``phase`` being
             ``"text_warmup"`` or ``"sft"`` (e.g. to log a loss curve to MLflow).
         progress: Show tqdm bars.
+        frozen_norms: Keep BatchNorm layers whose parameters do not train in eval mode
+            (:func:`freeze_norm_statistics`); otherwise ``model.train()`` puts them in training
+            mode like every other layer.
 
     Returns:
         The loss curves and the wall-clock time.
@@ -337,6 +343,7 @@ def train_sft(
                 generator=generator,
                 callback=callback,
                 progress=progress,
+                frozen_norms=frozen_norms,
             )
         if cfg.steps > 0 and rows:
             features = encode_rows(processor, rows, cfg.max_length)
@@ -358,6 +365,7 @@ def train_sft(
                 generator=generator,
                 callback=callback,
                 progress=progress,
+                frozen_norms=frozen_norms,
             )
     finally:
         torch.set_num_threads(threads_before)

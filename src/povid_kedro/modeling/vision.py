@@ -36,7 +36,14 @@ class VisionPretrainConfig:
         lr: Peak learning rate (AdamW, one-cycle schedule).
         weight_decay: AdamW weight decay.
         warmup_ratio: Share of steps the one-cycle schedule warms up over.
-        freeze: Keep the tower fixed while the language model learns (LLaVA's frozen CLIP).
+        freeze: Keep the tower's weights fixed while the language model learns (LLaVA's
+            frozen CLIP).
+        freeze_norm_statistics: With ``freeze``, also keep its BatchNorm layers (LeViT's stem)
+            in eval mode while the language model learns: fixed running statistics, so every
+            image gives the features it gives at inference. ``False``: they normalise each
+            training batch with its own statistics and keep updating their running ones. With
+            ``True`` the base model's one-word-answer skill formed less (README, "A base model
+            that sees").
         seed: Initialisation of the head and the order of the images.
     """
 
@@ -46,6 +53,7 @@ class VisionPretrainConfig:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.05
     freeze: bool = True
+    freeze_norm_statistics: bool = False
     seed: int = 0
 
     @classmethod

@@ -11,7 +11,7 @@ from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
 from povid_kedro.datasets.image_folder import ImageFolderDataset
-from povid_kedro.evaluation.ablation import ablation_rows
+from povid_kedro.evaluation.ablation import ablation_rows, row_policy
 from povid_kedro.experiments import deep_merge, project_parameters
 from povid_kedro.modeling import (
     TokenizerConfig,
@@ -211,3 +211,21 @@ def test_only_runs_the_named_rows_in_their_order_and_refuses_unknown_names():
     assert [row.name for row in rows] == ["sft_only", "povid_k200"]
     with pytest.raises(ValueError, match=r"names no row \['povid_k999'\]"):
         ablation_rows(ROWS, (200,), only=["povid_k999"])
+
+
+def test_rows_train_on_the_pairs_the_run_trains_on():
+    made = lambda model, pairs, cfg: pairs  # noqa: E731  the pair maker is not called here
+    plain = ablation_rows({"povid": {}, "op": {"on_policy": {"target": "partner"}}})
+    run_off = ({"enabled": False, "stages": [1]}, made)
+    run_on = ({"enabled": True, "stages": [1, 2], "seed": 7}, made)
+    off_row = ablation_rows({"injected": {"on_policy": {"enabled": False}}})[0]
+    # The run's parameters off: only a row that names on_policy samples.
+    assert row_policy(plain[0], 3, run_off) is None
+    named = row_policy(plain[1], 3, run_off)
+    assert (named.enabled, named.target, named.stages, named.seed) == (True, "partner", (1,), 3)
+    # On: every row samples as the run does (with the row-seed's seed), unless it turns it off.
+    follows = row_policy(plain[0], 3, run_on)
+    assert (follows.stages, follows.seed) == ((1, 2), 3)
+    assert row_policy(off_row, 3, run_on) is None
+    with pytest.raises(ValueError, match="names on_policy, but no pair maker"):
+        row_policy(plain[1], 0, None)
