@@ -8,6 +8,8 @@ Usage::
 
     .venv/bin/python benchmarks/generate.py                      # untrained default model
     .venv/bin/python benchmarks/generate.py --model-dir data/06_models/base_model
+    .venv/bin/python benchmarks/generate.py --model-dir data/06_models/base_model -n 128 \\
+        --sample-batch-sizes 64 256 512      # on-policy sampling (k per image) by batch size
 
 Without ``--model-dir`` it builds the default tiny model (untrained, so every answer runs to
 ``--max-new-tokens``: the same work in both modes) with a tokenizer trained on a small world.
@@ -21,6 +23,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -28,6 +31,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from povid_kedro.experiments import project_parameters  # noqa: E402
+from povid_kedro.hallucination.onpolicy import OnPolicyConfig  # noqa: E402
 from povid_kedro.modeling import (  # noqa: E402
     ModelConfig,
     build_model_and_processor,
@@ -46,6 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--sample-batch-sizes",
+        type=int,
+        nargs="+",
+        help="also sample the on_policy parameters' k descriptions per image at these batch "
+        "sizes (each against the first)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here (benchmarks/run.py)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -80,15 +91,60 @@ def main(argv: list[str] | None = None) -> int:
     print(f"speed-up:         {single_s / batched_s:7.1f}x")  # noqa: T201
     same = sum(a == b for a, b in zip(single, batched))
     print(f"identical answers: {same}/{len(images)}")  # noqa: T201
-    if args.json:
-        row = {
+    rows = [
+        {
             "measure": f"{len(images)} descriptions: batched (bs {args.batch_size}) vs one "
             "at a time",
             "result": f"{batched_s:.2f} s vs {single_s:.2f} s; identical {same}/{len(images)}",
             "ratio": single_s / batched_s,
         }
-        args.json.write_text(json.dumps({"threads": args.threads, "rows": [row]}, indent=2))
+    ]
+    if args.sample_batch_sizes:
+        rows += _sampling(model, processor, images, prompts, project, args.sample_batch_sizes)
+    if args.json:
+        args.json.write_text(json.dumps({"threads": args.threads, "rows": rows}, indent=2))
     return 0
+
+
+def _sampling(
+    model: Any,
+    processor: Any,
+    images: list[Any],
+    prompts: list[str],
+    project: dict[str, Any],
+    batch_sizes: list[int],
+) -> list[dict[str, Any]]:
+    """On-policy sampling as the pairs nodes do it (k samples of each image, which share its
+    encoding) at each batch size; rows of each batch size against the first."""
+    policy = OnPolicyConfig.from_dict(project["on_policy"])
+    k = policy.samples_per_image
+    images_k = [image for image in images for _ in range(k)]
+    prompts_k = [prompt for prompt in prompts for _ in range(k)]
+    kwargs = {
+        "max_new_tokens": policy.max_new_tokens,
+        "do_sample": True,
+        "temperature": policy.temperature,
+        "top_p": policy.top_p,
+        "seed": policy.seed,
+        "progress": False,
+    }
+    seconds = {}
+    for size in batch_sizes:
+        start = time.perf_counter()
+        generate(model, processor, images_k, prompts_k, batch_size=size, **kwargs)
+        seconds[size] = time.perf_counter() - start
+        rate = len(images_k) / seconds[size]
+        print(f"sampling {len(images_k)} (k={k}), bs {size:>3}: {rate:6.1f} descriptions/s")  # noqa: T201
+    first = batch_sizes[0]
+    return [
+        {
+            "measure": f"on-policy sampling, {len(images_k)} descriptions: bs {size} vs {first}",
+            "result": f"{len(images_k) / seconds[size]:.0f} vs "
+            f"{len(images_k) / seconds[first]:.0f} descriptions/s",
+            "ratio": seconds[first] / seconds[size],
+        }
+        for size in batch_sizes[1:]
+    ]
 
 
 if __name__ == "__main__":
