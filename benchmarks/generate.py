@@ -18,6 +18,7 @@ Without ``--model-dir`` it builds the default tiny model (untrained, so every an
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -31,7 +32,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from povid_kedro.experiments import project_parameters  # noqa: E402
-from povid_kedro.hallucination.onpolicy import OnPolicyConfig  # noqa: E402
+from povid_kedro.hallucination.onpolicy import (  # noqa: E402
+    OnPolicyConfig,
+    sample_descriptions,
+)
 from povid_kedro.modeling import (  # noqa: E402
     ModelConfig,
     build_model_and_processor,
@@ -114,33 +118,24 @@ def _sampling(
     project: dict[str, Any],
     batch_sizes: list[int],
 ) -> list[dict[str, Any]]:
-    """On-policy sampling as the pairs nodes do it (k samples of each image, which share its
-    encoding) at each batch size; rows of each batch size against the first."""
+    """On-policy sampling with the pairs nodes' own function (k samples of each image, which
+    share its encoding) at each batch size; rows of each batch size against the first."""
     policy = OnPolicyConfig.from_dict(project["on_policy"])
-    k = policy.samples_per_image
-    images_k = [image for image in images for _ in range(k)]
-    prompts_k = [prompt for prompt in prompts for _ in range(k)]
-    kwargs = {
-        "max_new_tokens": policy.max_new_tokens,
-        "do_sample": True,
-        "temperature": policy.temperature,
-        "top_p": policy.top_p,
-        "seed": policy.seed,
-        "progress": False,
-    }
+    rows = [{"image": i, "prompt": prompt} for i, prompt in enumerate(prompts)]
+    n = len(rows) * policy.samples_per_image
     seconds = {}
     for size in batch_sizes:
+        cfg = dataclasses.replace(policy, batch_size=size)
         start = time.perf_counter()
-        generate(model, processor, images_k, prompts_k, batch_size=size, **kwargs)
+        sample_descriptions(model, processor, rows, lambda i: images[int(i)], cfg)
         seconds[size] = time.perf_counter() - start
-        rate = len(images_k) / seconds[size]
-        print(f"sampling {len(images_k)} (k={k}), bs {size:>3}: {rate:6.1f} descriptions/s")  # noqa: T201
+        rate = n / seconds[size]
+        print(f"sampling {n} (k={cfg.samples_per_image}), bs {size:>3}: {rate:6.1f} descriptions/s")  # noqa: T201
     first = batch_sizes[0]
     return [
         {
-            "measure": f"on-policy sampling, {len(images_k)} descriptions: bs {size} vs {first}",
-            "result": f"{len(images_k) / seconds[size]:.0f} vs "
-            f"{len(images_k) / seconds[first]:.0f} descriptions/s",
+            "measure": f"on-policy sampling, {n} descriptions: bs {size} vs {first}",
+            "result": f"{n / seconds[size]:.0f} vs {n / seconds[first]:.0f} descriptions/s",
             "ratio": seconds[first] / seconds[size],
         }
         for size in batch_sizes[1:]

@@ -238,7 +238,7 @@ def on_policy_pairs(
         )
     k = cfg.samples_per_image
     rows = samples.to_dict("records")
-    texts = _sample(model, processor, rows, load_image, cfg)
+    texts = sample_descriptions(model, processor, rows, load_image, cfg)
     records = [
         {"image_id": image_ids[str(r["image"])], "caption": t}
         for r, t in zip((r for r in rows for _ in range(k)), texts, strict=True)
@@ -279,7 +279,7 @@ def on_policy_pairs(
     return frame, stats
 
 
-def _sample(
+def sample_descriptions(
     model: Any,
     processor: Any,
     rows: Sequence[Mapping[str, Any]],
