@@ -4,9 +4,11 @@
    in its own process, as a remote endpoint would be: a fixed latency per request, each
    concurrency level given ``--rounds`` requests per connection (so every level's ideal time
    is ``rounds x latency``), a fresh on-disk cache. Ideal = N x latency / concurrency.
-2. Resume: a run in a child process is killed (SIGKILL) half-way, and the same command run
-   again on its cache; the server counts every request, so the repeated ones are counted, not
-   assumed. Then a re-run of the finished cache, which should send none.
+2. Resume: a run in a child process is stopped half-way, and the same command run again on
+   its cache; the server counts every request, so the repeated ones are counted, not assumed.
+   Stopped by SIGTERM (as by Ctrl-C or a scheduler), the run lets the requests in flight
+   finish and caches them, so none should repeat; killed by SIGKILL, those in flight are lost
+   and asked again. Then a re-run of the finished cache, which should send none.
 3. The rules injector on synthetic samples.
 
 Usage (from the repository root)::
@@ -124,7 +126,10 @@ def _inject(base_url: str, n: int, concurrency: int, cache_dir: Path) -> dict[st
 
 def _inject_child(base_url: str, n: int, concurrency: int, cache_dir: str) -> None:
     logging.disable(logging.WARNING)
-    _inject(base_url, n, concurrency, Path(cache_dir))
+    try:
+        _inject(base_url, n, concurrency, Path(cache_dir))
+    except KeyboardInterrupt:  # InjectionInterrupted: the expected end of a SIGTERM
+        sys.exit(1)
 
 
 def bench_concurrency(
@@ -139,8 +144,10 @@ def bench_concurrency(
     return {**run, "n": n, "ideal": ideal, "requests": server.requests - before}
 
 
-def bench_resume(latency: float, concurrency: int, rounds: int, server: Server) -> dict[str, Any]:
-    """Kill a run half-way (SIGKILL), run it again, then re-run the finished cache."""
+def bench_resume(
+    latency: float, concurrency: int, rounds: int, server: Server, stop: signal.Signals
+) -> dict[str, Any]:
+    """Stop a run half-way with ``stop``, run it again, then re-run the finished cache."""
     n = rounds * concurrency
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp:
@@ -157,7 +164,7 @@ def bench_resume(latency: float, concurrency: int, rounds: int, server: Server) 
                 break
             time.sleep(0.01)
         assert child.pid is not None
-        os.kill(child.pid, signal.SIGKILL)
+        os.kill(child.pid, stop)
         child.join()
         killed_requests = server.requests - before
         kept = InjectionCache(cache_dir)
@@ -234,32 +241,41 @@ def main() -> int:
                     "ratio": efficiency,
                 }
             )
-        resume = bench_resume(args.latency, args.resume_concurrency, args.rounds, server)
-    print(  # noqa: T201
-        f"kill and resume, {resume['n']} samples at concurrency {args.resume_concurrency}: "
-        f"killed after sending {resume['killed_requests']} requests, {resume['kept']} answers "
-        f"cached; the resumed run sent {resume['resumed_requests']} "
-        f"({resume['repeated']} repeated) and ended with {resume['resumed']['pairs']:.0f} pairs; "
-        f"a re-run of the finished cache sent {resume['rerun_requests']} requests in "
-        f"{resume['rerun']['seconds']:.2f} s"
-    )
-    rows += [
-        {
-            "measure": f"API injector killed (SIGKILL) half-way and run again, {resume['n']} "
-            f"samples, concurrency {args.resume_concurrency}: requests asked twice",
-            "result": f"{resume['repeated']} repeated of {resume['killed_requests']} sent "
-            f"before the kill ({resume['kept']} answers cached); resumed run "
-            f"{resume['resumed_requests']} requests, {resume['resumed']['pairs']:.0f} pairs",
-            "ratio": None,
-        },
+        resumes = {
+            stop: bench_resume(args.latency, args.resume_concurrency, args.rounds, server, stop)
+            for stop in (signal.SIGTERM, signal.SIGKILL)
+        }
+    for stop, resume in resumes.items():
+        print(  # noqa: T201
+            f"{stop.name} and resume, {resume['n']} samples at concurrency "
+            f"{args.resume_concurrency}: stopped after sending {resume['killed_requests']} "
+            f"requests, {resume['kept']} answers cached; the resumed run sent "
+            f"{resume['resumed_requests']} ({resume['repeated']} repeated) and ended with "
+            f"{resume['resumed']['pairs']:.0f} pairs; a re-run of the finished cache sent "
+            f"{resume['rerun_requests']} requests in {resume['rerun']['seconds']:.2f} s"
+        )
+        rows.append(
+            {
+                "measure": f"API injector stopped ({stop.name}) half-way and run again, "
+                f"{resume['n']} samples, concurrency {args.resume_concurrency}: requests asked "
+                "twice",
+                "result": f"{resume['repeated']} repeated of {resume['killed_requests']} sent "
+                f"before the stop ({resume['kept']} answers cached); resumed run "
+                f"{resume['resumed_requests']} requests, {resume['resumed']['pairs']:.0f} pairs",
+                "ratio": None,
+            }
+        )
+        ok = ok and resume["rerun_requests"] == 0 and resume["resumed"]["failures"] == 0
+    ok = ok and resumes[signal.SIGTERM]["repeated"] == 0
+    resume = resumes[signal.SIGKILL]
+    rows.append(
         {
             "measure": f"API injector re-run on its finished cache, {resume['n']} samples",
             "result": f"{resume['rerun_requests']} requests, {resume['rerun']['seconds']:.2f} s, "
             f"{resume['rerun']['pairs']:.0f} pairs",
             "ratio": None,
-        },
-    ]
-    ok = ok and resume["rerun_requests"] == 0 and resume["resumed"]["failures"] == 0
+        }
+    )
     rules = bench_rules(args.rules_samples)
     print(  # noqa: T201
         f"rules injector: {args.rules_samples} samples in {rules['seconds']:.2f} s "

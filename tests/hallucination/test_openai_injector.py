@@ -355,6 +355,124 @@ def test_killed_run_resumes_without_repeating_cached_samples(
     assert server.chat_requests == [] and again.stats["cached"] == len(samples)
 
 
+# A handler of the caller's own, as the project's Kedro hook installs to end its MLflow run.
+CALLER_HANDLER = """
+import signal, sys
+def stopped(signum, frame):
+    print("caller's handler ran", file=sys.stderr, flush=True)
+    raise KeyboardInterrupt
+signal.signal(signal.SIGTERM, stopped)
+"""
+
+
+@pytest.mark.parametrize(
+    ("signum", "caller_handler"), [("SIGINT", False), ("SIGTERM", False), ("SIGTERM", True)]
+)
+def test_interrupted_run_caches_every_answer_it_paid_for(
+    openai_params, server, load_image, tmp_path, signum, caller_handler
+):
+    """Ctrl-C or a scheduler's SIGTERM: the requests in flight finish and reach the cache, so
+    the run that goes on repeats none of them; then the caller's own handler, if any, runs."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+
+    from povid_kedro.testing.synthetic import make_samples
+    from tests.hallucination.conftest import REPO
+
+    samples = make_samples(40, seed=9)
+    server.set_responder(rewrite_quoted(hallucinate, latency=0.2))
+    params = deep_merge(openai_params, {"openai": {"concurrency": 4}})
+    params_file = tmp_path / "params.yml"
+    params_file.write_text(yaml.safe_dump(params))
+    cache_dir = tmp_path / "cache"
+
+    script = (CALLER_HANDLER if caller_handler else "") + RESUME_SCRIPT
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, server.base_url, str(cache_dir), str(params_file)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while len(server.chat_requests) < 10 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert proc.poll() is None, "the run finished before it could be interrupted"
+        os.kill(proc.pid, getattr(signal, signum))
+        _, stderr = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+    assert proc.returncode != 0
+    assert "InjectionInterrupted" in stderr and f"{signum} stopped the injection" in stderr
+    assert ("caller's handler ran" in stderr) == caller_handler
+    sent = len(server.chat_requests)
+    cache = InjectionCache(cache_dir)
+    assert 10 <= len(cache) == sent < len(samples)  # nothing asked for was lost
+
+    server.reset()
+    server.set_responder(rewrite_quoted(hallucinate))
+    result = make_injector(params, client_config=_client(server), cache=cache).inject(
+        samples, load_image
+    )
+    assert len(server.chat_requests) == len(samples) - sent  # none asked twice
+    assert len(result.pairs) == len(samples)
+
+
+def test_a_second_interrupt_abandons_the_requests_in_flight(
+    openai_params, server, load_image, tmp_path
+):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.hallucination.conftest import REPO
+
+    server.set_responder(rewrite_quoted(hallucinate, latency=30.0))
+    params = deep_merge(openai_params, {"openai": {"concurrency": 4, "timeout": 60.0}})
+    params_file = tmp_path / "params.yml"
+    params_file.write_text(yaml.safe_dump(params))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            RESUME_SCRIPT,
+            server.base_url,
+            str(tmp_path / "c"),
+            str(params_file),
+        ],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while len(server.chat_requests) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGINT)
+        time.sleep(0.5)
+        assert proc.poll() is None  # waiting for the answers in flight
+        os.kill(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=10)  # well before the 30 s answers
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "SIGINT stopped the injection after 0 answer(s)" in stderr
+    # Two workers per request slot: 4 requests sent, 4 samples prepared behind them.
+    assert "(8 in flight abandoned)" in stderr
+    assert f"the injection cache ({tmp_path / 'c'})" in stderr
+
+
 def test_rpm_limit_is_respected(openai_params, server, load_image):
     from povid_kedro.testing.synthetic import make_samples
 

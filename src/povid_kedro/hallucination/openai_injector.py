@@ -19,6 +19,8 @@ import io
 import logging
 import os
 import random
+import signal
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -76,6 +78,17 @@ class InjectorAuthError(RuntimeError):
     """The endpoint refused the credentials (HTTP 401/403): the run stops at the first refusal."""
 
 
+class InjectionInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped the run after the requests in flight were answered and cached.
+
+    A ``KeyboardInterrupt``, so that Kedro and the shell treat it as the interrupt it is.
+    """
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
 class _AuthRefused(Exception):
     """A 401/403 reply; every other request of the run stops instead of being sent."""
 
@@ -115,6 +128,9 @@ class _Counters:
     failed: int = 0
     # The first 401/403 of the run; once set no further request is sent.
     refused: _AuthRefused | None = None
+    # The first SIGINT/SIGTERM of the run; once set no further sample is started.
+    interrupted: signal.Signals | None = None
+    active: int = 0  # samples started and not finished
 
 
 @dataclass
@@ -150,6 +166,76 @@ def run_coroutine(factory: Callable[[], Awaitable[T]]) -> T:
         return asyncio.run(factory())  # type: ignore[arg-type]
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(lambda: asyncio.run(factory())).result()  # type: ignore[arg-type]
+
+
+def _handle_signals(
+    loop: asyncio.AbstractEventLoop, callback: Callable[[int], None]
+) -> Callable[[], None]:
+    """Route SIGINT and SIGTERM to ``callback`` on ``loop``; returns what puts the previous
+    handlers back. Only the main thread can own signals: elsewhere (a notebook's loop, a
+    runner's thread) nothing changes and an interrupt stops the run as before."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous: dict[signal.Signals, Any] = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        before = signal.getsignal(sig)
+        try:
+            loop.add_signal_handler(sig, callback, int(sig))
+        except (NotImplementedError, RuntimeError, ValueError):  # a loop without signals
+            continue
+        previous[sig] = before
+
+    def restore() -> None:
+        for sig, before in previous.items():
+            loop.remove_signal_handler(sig)
+            if before is not None:  # None: a handler installed outside Python, left as is
+                signal.signal(sig, before)
+
+    return restore
+
+
+async def _until_done_or_stopped(workers: asyncio.Future[Any], counters: _Counters) -> int | None:
+    """Await the workers with SIGINT and SIGTERM routed here. The first signal starts no new
+    sample and lets those in flight finish, so that their answers, already paid for, reach the
+    cache; a second one cancels them. Returns how many were abandoned that way, or None."""
+    abandoned: int | None = None
+
+    def interrupt(signum: int) -> None:
+        nonlocal abandoned
+        if counters.interrupted is None:
+            counters.interrupted = signal.Signals(signum)
+            logger.warning(
+                "%s: finishing the %d sample(s) in flight so that their answers reach the "
+                "cache; send it again to abandon them",
+                counters.interrupted.name,
+                counters.active,
+            )
+        else:
+            abandoned = counters.active
+            workers.cancel()
+
+    restore = _handle_signals(asyncio.get_running_loop(), interrupt)
+    try:
+        await workers
+    except asyncio.CancelledError:
+        if counters.interrupted is None:
+            raise
+    finally:
+        restore()
+    return abandoned
+
+
+def _pass_on(signum: int) -> None:
+    """Give a drained interrupt to the handler the caller had installed (a Kedro hook that ends
+    the MLflow run as KILLED, say). Python's defaults are left out: they would only end the
+    process, without the message of :class:`InjectionInterrupted`."""
+    handler = signal.getsignal(signum)
+    if (
+        callable(handler)
+        and handler is not signal.default_int_handler
+        and threading.current_thread() is threading.main_thread()
+    ):
+        signal.raise_signal(signum)
 
 
 def image_digest(image: Image.Image) -> str:
@@ -232,7 +318,11 @@ class OpenAIInjector(Injector):
         check_samples(samples)
         provided, todo = split_provided(samples)
         counters = _Counters()
-        rows, failures = run_coroutine(lambda: self._run(todo, load_image, counters))
+        try:
+            rows, failures = run_coroutine(lambda: self._run(todo, load_image, counters))
+        except InjectionInterrupted as stop:
+            _pass_on(stop.signum)
+            raise
         if counters.refused is not None:
             raise self._auth_error(counters)
         # Completion order is random; report failures in input order.
@@ -331,13 +421,16 @@ class OpenAIInjector(Injector):
             # Workers pull samples one by one, so images are prepared just ahead of their
             # request: a thousand encoded COCO images are never held in memory at once.
             for sample in pending:
-                if counters.refused is not None:
+                if counters.refused is not None or counters.interrupted is not None:
                     return
+                counters.active += 1
                 try:
                     outcome = await self._one(sample, load_image, run)
                 except _AuthRefused as err:
                     counters.refused = counters.refused or err
                     return
+                finally:
+                    counters.active -= 1
                 if "reason" in outcome:
                     counters.failed += 1
                     failures.append(outcome)
@@ -350,7 +443,9 @@ class OpenAIInjector(Injector):
         # prepare the next images, so the semaphore never waits on image work.
         n_workers = max(1, min(len(todo), 2 * api.concurrency))
         try:
-            await asyncio.gather(*(worker() for _ in range(n_workers)))
+            abandoned = await _until_done_or_stopped(
+                asyncio.gather(*(worker() for _ in range(n_workers))), counters
+            )
         finally:
             bar.close()
             await client.close()
@@ -358,6 +453,18 @@ class OpenAIInjector(Injector):
             write_pool.shutdown(wait=True)
             if self.cache is not None:
                 self.cache.close()
+        if counters.interrupted is not None:
+            where = "no cache"
+            if self.cache is not None:
+                where = f"the injection cache ({self.cache.directory})"
+            lost = f" ({abandoned} in flight abandoned)" if abandoned is not None else ""
+            raise InjectionInterrupted(
+                f"{counters.interrupted.name} stopped the injection after {counters.done} "
+                f"answer(s) and {counters.failed} failure(s) of {len(todo)}{lost}; the answers "
+                f"are in {where}, and the same command goes on from there without asking for "
+                "them again.",
+                counters.interrupted,
+            )
         return rows, failures
 
     async def _one(
