@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -292,3 +293,36 @@ def test_config_rejects_unknown_keys_and_bad_values():
         IngestConfig.from_dict({"task_types": {"detail": "captioning"}})
     with pytest.raises(ValueError, match="eval_fraction"):
         IngestConfig.from_dict({"eval_fraction": 1.5})
+
+
+def test_images_checked_over_several_processes_give_the_same_tables(image_root, cfg, monkeypatch):
+    from povid_kedro import parallel
+
+    names = ["img0.png", "img1.png", "missing.png", "corrupt.png", "truncated.png", "grey.png"]
+    files = {"detail": [_record(f"r{i}", name) for i, name in enumerate(names * 2)]}
+    serial = read_records(files, ImageFolder(image_root), cfg)
+    monkeypatch.setattr(parallel, "MIN_ITEMS", 0)
+    monkeypatch.setattr(parallel, "cpu_workers", lambda: 2)
+    pooled = read_records(files, ImageFolder(image_root), cfg)
+    for a, b in zip(serial, pooled, strict=True):
+        pd.testing.assert_frame_equal(a, b)
+    assert len(pooled[1]) == 8  # both records of each of the 4 bad images
+
+
+def test_images_written_by_several_processes_are_the_same_files(tmp_path, monkeypatch):
+    from povid_kedro import parallel
+    from povid_kedro.ingest.images import write_images
+
+    rng = np.random.default_rng(1)
+    images = {
+        f"sub/{i}.png": Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8))
+        for i in range(20)
+    }
+    write_images(tmp_path / "serial", images)
+    monkeypatch.setattr(parallel, "MIN_ITEMS", 0)
+    write_images(tmp_path / "pooled", images, workers=2)
+    for name in images:
+        assert (tmp_path / "pooled" / name).read_bytes() == (
+            tmp_path / "serial" / name
+        ).read_bytes()
+    assert not list((tmp_path / "pooled").rglob("*.tmp"))

@@ -104,6 +104,15 @@ def test_same_seed_gives_identical_bytes_and_other_seed_differs(cfg: WorldConfig
     assert len(differing) > 0.9 * len(first)
 
 
+def test_the_world_is_the_same_drawn_by_several_processes(
+    world: World, cfg: WorldConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from povid_kedro import parallel
+
+    monkeypatch.setattr(parallel, "MIN_ITEMS", 0)
+    assert serialise(generate_world(cfg, workers=2)) == serialise(world)
+
+
 def test_eval_size_does_not_change_training_data(world: World) -> None:
     bigger = generate_world(WorldConfig.from_dict(small_params(n_eval=130)))
     assert bigger.train_images.keys() == world.train_images.keys()

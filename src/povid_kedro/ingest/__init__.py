@@ -19,6 +19,7 @@ import math
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -26,6 +27,7 @@ import pandas as pd
 
 from povid_kedro.config_reader import read_dataclass
 from povid_kedro.ingest.images import ImageFolder, ImagePathError, ImageReadError
+from povid_kedro.parallel import process_map
 from povid_kedro.schema import (
     DESCRIPTION,
     GROUND_TRUTH_COLUMNS,
@@ -183,6 +185,32 @@ def _image_problem(
     return problem
 
 
+def _load_file(source: str, loaded: Callable[[], Any] | Any) -> list[Any]:
+    try:
+        records = loaded() if callable(loaded) else loaded
+    except Exception as err:
+        raise ValueError(
+            f"input file {source!r} is not valid JSON ({err}); fix or remove the file"
+        ) from err
+    if not isinstance(records, list):
+        raise ValueError(
+            f"input file {source!r} holds a {type(records).__name__}, expected a JSON list "
+            "of LLaVA-Instruct or POVID preference records"
+        )
+    return records
+
+
+@dataclass(frozen=True)
+class _ImageCheck:
+    """:func:`_image_problem` as a picklable callable, for :func:`process_map`."""
+
+    root: Path
+    non_rgb: str
+
+    def __call__(self, relpath: str) -> tuple[str, str] | None:
+        return _image_problem(ImageFolder(self.root), relpath, self.non_rgb, {})
+
+
 def read_records(
     files: Mapping[str, Callable[[], Any] | Any],
     images: ImageFolder,
@@ -208,21 +236,21 @@ def read_records(
     quarantine = _Quarantine()
     rows: list[dict[str, Any]] = []
     seen_ids: dict[str, str] = {}
-    image_cache: dict[str, tuple[str, str] | None] = {}
+    loaded_files = {source: _load_file(source, files[source]) for source in sorted(files)}
+    # Every image a record names is decoded once, over several processes (decoding holds the
+    # GIL); the records then read the verdicts in order.
+    paths = sorted(
+        {
+            record["image"]
+            for records in loaded_files.values()
+            for record in records
+            if isinstance(record, dict) and isinstance(record.get("image"), str)
+        }
+    )
+    checked = process_map(_ImageCheck(images.root, cfg.non_rgb), paths)
+    image_cache: dict[str, tuple[str, str] | None] = dict(zip(paths, checked, strict=True))
 
-    for source in sorted(files):
-        loaded = files[source]
-        try:
-            records = loaded() if callable(loaded) else loaded
-        except Exception as err:
-            raise ValueError(
-                f"input file {source!r} is not valid JSON ({err}); fix or remove the file"
-            ) from err
-        if not isinstance(records, list):
-            raise ValueError(
-                f"input file {source!r} holds a {type(records).__name__}, expected a JSON list "
-                "of LLaVA-Instruct or POVID preference records"
-            )
+    for source, records in loaded_files.items():
         if not records:
             # Often a failed export next to good files: say so instead of ingesting the rest.
             message = "holds no records (an empty JSON list); fill it or remove it"

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from povid_kedro.parallel import process_map
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
@@ -85,7 +87,11 @@ class ImageFolder(Mapping[str, Path]):
             data = target.read_bytes()
             image = Image.open(io.BytesIO(data))
             image.load()  # decode now: truncated files fail here, not downstream
-        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+        except UnidentifiedImageError as err:  # its text names the in-memory buffer's address
+            raise ImageReadError(
+                f"image {relpath!r} cannot be decoded: not an image format Pillow can read"
+            ) from err
+        except (OSError, SyntaxError, ValueError) as err:
             raise ImageReadError(f"image {relpath!r} cannot be decoded: {err}") from err
         return image
 
@@ -121,21 +127,31 @@ class ImageFolder(Mapping[str, Path]):
         return f"ImageFolder({str(self.root)!r})"
 
 
-def write_images(root: str | os.PathLike[str], images: Mapping[str, Image.Image]) -> None:
+def write_images(
+    root: str | os.PathLike[str], images: Mapping[str, Image.Image], workers: int | None = None
+) -> None:
     """Write images under ``root``; the format follows each name's suffix.
 
     PNG output is byte-identical for identical pixels, which keeps generated data
-    reproducible.
+    reproducible. Encoding holds the GIL, so many images are written by ``workers`` processes
+    (default: the CPUs this process may use).
     """
     root_path = Path(root)
     root_path.mkdir(parents=True, exist_ok=True)
+    jobs = []
     for relpath, image in images.items():
         normalize_relpath(relpath)
         target = root_path / relpath
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".tmp")
         fmt = Image.registered_extensions().get(target.suffix.lower())
         if fmt is None:
             raise ValueError(f"cannot tell the image format of {relpath!r} from its suffix")
-        image.save(tmp, format=fmt)
-        os.replace(tmp, target)
+        jobs.append((target, fmt, image))
+    process_map(_write_image, jobs, workers=workers)
+
+
+def _write_image(job: tuple[Path, str, Image.Image]) -> None:
+    target, fmt, image = job
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    image.save(tmp, format=fmt)
+    os.replace(tmp, target)

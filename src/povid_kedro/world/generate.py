@@ -20,8 +20,9 @@ import numpy as np
 from PIL import Image
 
 from povid_kedro.metrics.pope_questions import build_pope_questions
+from povid_kedro.parallel import process_map
 from povid_kedro.schema import POPE_SPLITS
-from povid_kedro.world.config import WorldConfig
+from povid_kedro.world.config import VisualConfig, WorldConfig
 from povid_kedro.world.formats import (
     coco_captions,
     coco_categories,
@@ -30,7 +31,7 @@ from povid_kedro.world.formats import (
     synonyms_text,
 )
 from povid_kedro.world.grammar import description_grammar
-from povid_kedro.world.render import render_scene
+from povid_kedro.world.render import Placed, render_scene
 from povid_kedro.world.scenes import SceneSampler
 from povid_kedro.world.text import TextWriter, conversation
 
@@ -94,11 +95,40 @@ def validation_config(cfg: WorldConfig, n_images: int) -> WorldConfig:
     return dataclasses.replace(cfg, seed=seed, n_train_images=1, n_eval_images=n_images)
 
 
-def generate_world(cfg: WorldConfig) -> World:
+@dataclass(frozen=True)
+class _Render:
+    """What one image's pixels depend on: its render seed, the scene's layout, the look."""
+
+    seed: np.random.SeedSequence
+    background: tuple[int, ...]
+    objects: list[Placed]
+    n_strokes: int
+    visual: VisualConfig
+    image_size: int
+
+
+def _render(job: _Render) -> tuple[Image.Image, list[int]]:
+    vis = job.visual
+    return render_scene(
+        np.random.default_rng(job.seed),
+        image_size=job.image_size,
+        background=job.background,
+        objects=job.objects,
+        n_strokes=job.n_strokes,
+        texture=vis.texture,
+        texture_cells=vis.texture_cells,
+        noise_std=vis.noise_std,
+        supersample=vis.supersample,
+    )
+
+
+def generate_world(cfg: WorldConfig, workers: int | None = None) -> World:
     """Generate the world a config describes; deterministic in ``cfg.seed``.
 
     Args:
         cfg: A validated config (see :meth:`WorldConfig.from_dict`).
+        workers: Processes that draw the images (default: the CPUs this process may use); the
+            world is the same for any number.
 
     Returns:
         The world.
@@ -116,7 +146,7 @@ def generate_world(cfg: WorldConfig) -> World:
     reasoning: list[dict[str, Any]] = []
     short_qa: list[dict[str, Any]] = []
     captions: dict[str, list[str]] = {}
-    vis = cfg.visual
+    renders: list[tuple[str, str, _Render]] = []
 
     for split, n in sizes.items():
         for index, image_seed in enumerate(split_seeds[split].spawn(n)):
@@ -129,19 +159,15 @@ def generate_world(cfg: WorldConfig) -> World:
                 image_id=image_id,
                 file_name=file_name,
             )
-            image, visible = render_scene(
-                np.random.default_rng(render_seed),
-                image_size=cfg.image_size,
-                background=cfg.scenes[scene["scene"]].background,
-                objects=sampler.placed(scene),
-                n_strokes=scene["clutter_strokes"],
-                texture=vis.texture,
-                texture_cells=vis.texture_cells,
-                noise_std=vis.noise_std,
-                supersample=vis.supersample,
+            job = _Render(
+                render_seed,
+                tuple(cfg.scenes[scene["scene"]].background),
+                sampler.placed(scene),
+                scene["clutter_strokes"],
+                cfg.visual,
+                cfg.image_size,
             )
-            images[split][file_name] = image
-            areas[file_name] = visible
+            renders.append((split, file_name, job))
             rng = np.random.default_rng(text_seed)
             if split == "train":
                 want_detail = rng.random() < cfg.text.detail_share
@@ -181,6 +207,12 @@ def generate_world(cfg: WorldConfig) -> World:
             else:
                 captions[file_name] = writer.captions(rng, scene)
             scenes[split].append(scene)
+
+    # Pixels last: the text never depends on them, and the drawing runs over several processes.
+    drawn = process_map(_render, [job for _, _, job in renders], workers=workers)
+    for (split, file_name, _), (image, visible) in zip(renders, drawn, strict=True):
+        images[split][file_name] = image
+        areas[file_name] = visible
 
     instances, train_instances = (
         coco_instances(cfg, part, {s["file_name"]: areas[s["file_name"]] for s in part})
