@@ -21,7 +21,13 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.entities import LoggedModelStatus
 
-from povid_kedro.hooks import LOCK_FILE, MissingInputsError, RunLockedError, StoreError
+from povid_kedro.hooks import (
+    LOCK_FILE,
+    MissingInputsError,
+    RunGuardHooks,
+    RunLockedError,
+    StoreError,
+)
 from povid_kedro.params import ParameterError
 from tests.support.kedro_project import run_pipeline
 
@@ -75,6 +81,28 @@ def test_a_run_stopped_by_a_signal_is_recorded_as_killed(project, sig):
     run = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}").get_run(run_id)
     assert run.info.status == "KILLED"
     assert run.data.tags["povid.stopped_by"] == sig.name
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_an_interrupt_dropped_by_a_finaliser_still_stops_the_run(project):
+    # Python drops an exception raised while a finaliser runs (it prints "Exception ignored"):
+    # a SIGINT that lands there would otherwise let the run go on to the end and exit 0.
+    guard = RunGuardHooks()
+    guard.before_pipeline_run({"project_path": str(project)})
+
+    class Finalised:
+        def __del__(self) -> None:
+            signal.raise_signal(signal.SIGINT)
+
+    Finalised()  # the handler runs inside __del__; its KeyboardInterrupt goes nowhere
+    with pytest.raises(KeyboardInterrupt, match="SIGINT"):
+        guard.after_node_run()
+    with pytest.raises(KeyboardInterrupt, match="SIGINT"):
+        guard.before_node_run()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers given back
+    guard.before_pipeline_run({"project_path": str(project)})  # and the lock released
+    guard.after_node_run()  # a new run starts uninterrupted
+    guard.after_pipeline_run()
 
 
 def test_a_run_killed_outright_is_marked_by_the_next_one(project):

@@ -232,7 +232,9 @@ class RunGuardHooks:
       dies, even by SIGKILL); a second run fails at once, naming the first.
     - SIGINT and SIGTERM end the MLflow run as KILLED (not FINISHED, as MLflow's exit handler
       would); a run that died by SIGKILL is marked KILLED, and its unfinished logged models
-      FAILED, by the next run that takes the lock.
+      FAILED, by the next run that takes the lock. Python drops an exception raised while a
+      finaliser or weakref callback runs, so the handler's KeyboardInterrupt can be lost; the
+      next node boundary raises it again rather than let the run go on.
     """
 
     def __init__(self) -> None:
@@ -240,6 +242,7 @@ class RunGuardHooks:
         self._lock: Any = None
         self._previous: dict[str, Any] = {}
         self._handlers: dict[int, Any] = {}
+        self._stopped_by: str | None = None
 
     @hook_impl(tryfirst=True)  # before kedro-mlflow's hook creates or opens the store
     def after_context_created(self, context: Any) -> None:
@@ -264,6 +267,7 @@ class RunGuardHooks:
         self._release()  # a run of this process that failed before it started holds none
         root = self._root or Path(run_params.get("project_path") or ".")
         self._lock, self._previous = acquire_run_lock(root / LOCK_FILE, run_params)
+        self._stopped_by = None
         # Before kedro-mlflow opens the run: a signal that arrives once the run exists must
         # find these handlers (Python's own SIGINT handler would end it FAILED).
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -272,9 +276,22 @@ class RunGuardHooks:
             except ValueError:  # not the main thread (e.g. a notebook's worker): no handlers
                 break
 
+    @hook_impl(tryfirst=True)
+    def before_node_run(self) -> None:
+        self._stop_if_interrupted()
+
+    @hook_impl(tryfirst=True)
+    def after_node_run(self) -> None:
+        self._stop_if_interrupted()
+
     @hook_impl
     def after_pipeline_run(self) -> None:
         self._release()
+        self._stop_if_interrupted()
+
+    def _stop_if_interrupted(self) -> None:
+        if self._stopped_by is not None:
+            raise KeyboardInterrupt(f"interrupted by {self._stopped_by}")
 
     @hook_impl
     def on_pipeline_error(self) -> None:
@@ -304,6 +321,7 @@ class RunGuardHooks:
         import mlflow
 
         name = signal.Signals(signum).name
+        self._stopped_by = name
         logger.error("run interrupted by %s: its MLflow run ends as KILLED", name)
         try:
             while mlflow.active_run():

@@ -7,8 +7,8 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -33,11 +33,19 @@ def process_map(fn: Callable[[T], R], items: Sequence[T], *, workers: int | None
     ``fn`` must be a module-level function. Workers are spawned rather than forked: the caller
     may hold threads (torch's, MLflow's) that a fork would copy in an unknown state. One worker,
     or fewer than :data:`MIN_ITEMS` items, runs in this process.
+
+    Interrupts are the caller's: workers ignore SIGINT (Ctrl-C reaches the whole process group),
+    and whatever ends the call, the workers are terminated at once rather than left to finish
+    their chunks or, started but never fed, to hold the interpreter's exit.
     """
     workers = cpu_workers() if workers is None else workers
     if workers < 2 or len(items) < MIN_ITEMS:
         return [fn(x) for x in items]
     chunksize = max(1, math.ceil(len(items) / (workers * 8)))
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        return list(pool.map(fn, items, chunksize=chunksize))
+    with context.Pool(workers, initializer=_ignore_interrupts) as pool:  # exit terminates
+        return pool.map(fn, items, chunksize=chunksize)
+
+
+def _ignore_interrupts() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
