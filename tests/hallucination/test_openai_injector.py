@@ -203,6 +203,26 @@ def test_malformed_json_body_is_retried_or_reported(openai_params, server, sampl
     assert result.failures["reason"].tolist() == ["malformed_response"]
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"choices": []}',
+        b'{"choices": [{"message": {"content": null}}]}',
+        b'{"choices": [{"message": {}}], "usage": "n/a"}',
+        b"[]",
+        b'"text"',
+    ],
+)
+def test_json_without_an_answer_is_a_malformed_response(
+    openai_params, server, samples, load_image, body
+):
+    server.set_responder(lambda r: Action("malformed", body=body))
+    injector = make_injector(openai_params, client_config=_client(server))
+    result = injector.inject(samples.head(1), load_image)
+    assert result.failures["reason"].tolist() == ["malformed_response"]
+    assert result.pairs.empty
+
+
 def test_refusal_is_asked_again_with_the_reason_then_recorded(
     openai_params, server, samples, load_image
 ):
