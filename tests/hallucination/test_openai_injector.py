@@ -5,11 +5,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
+import yaml
 from PIL import Image
 
 from povid_kedro.hallucination import ClientConfig, InjectionCache, make_injector
@@ -17,7 +23,7 @@ from povid_kedro.hallucination.openai_injector import InjectorAuthError
 from povid_kedro.hallucination.validate import normalize
 from povid_kedro.testing.chat_server import Action, ChatServer, RecordedRequest, rewrite_quoted
 from povid_kedro.testing.synthetic import hallucinate
-from tests.hallucination.conftest import SECRET, deep_merge
+from tests.hallucination.conftest import REPO, SECRET, deep_merge
 
 
 def _client(server: ChatServer, key: str = SECRET) -> ClientConfig:
@@ -314,32 +320,33 @@ injector.inject(make_samples(40, seed=9), make_loader())
 """
 
 
+def _start_injection(
+    server: ChatServer, params: dict, cache_dir: Path, *, script: str = RESUME_SCRIPT, **popen
+) -> subprocess.Popen:
+    """The injector over 40 samples in a child process, against ``server``, caching in
+    ``cache_dir``: a run that can be signalled or killed like a user's."""
+    params_file = cache_dir.with_name(cache_dir.name + "-params.yml")
+    params_file.write_text(yaml.safe_dump(params))
+    return subprocess.Popen(
+        [sys.executable, "-c", script, server.base_url, str(cache_dir), str(params_file)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        **popen,
+    )
+
+
 def test_killed_run_resumes_without_repeating_cached_samples(
     openai_params, server, load_image, tmp_path
 ):
-    import os
-    import signal
-    import subprocess
-    import sys
-
-    import yaml
 
     from povid_kedro.testing.synthetic import make_samples
-    from tests.hallucination.conftest import REPO
 
     samples = make_samples(40, seed=9)
     by_answer = dict(zip(samples["answer"], samples["id"], strict=True))
     server.set_responder(rewrite_quoted(hallucinate, latency=0.05))
     params = deep_merge(openai_params, {"openai": {"concurrency": 2}})
-    params_file = tmp_path / "params.yml"
-    params_file.write_text(yaml.safe_dump(params))
     cache_dir = tmp_path / "cache"
-
-    proc = subprocess.Popen(
-        [sys.executable, "-c", RESUME_SCRIPT, server.base_url, str(cache_dir), str(params_file)],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    proc = _start_injection(server, params, cache_dir)
     try:
         deadline = time.monotonic() + 30
         while len(server.chat_requests) < 12 and time.monotonic() < deadline:
@@ -393,30 +400,16 @@ def test_interrupted_run_caches_every_answer_it_paid_for(
 ):
     """Ctrl-C or a scheduler's SIGTERM: the requests in flight finish and reach the cache, so
     the run that goes on repeats none of them; then the caller's own handler, if any, runs."""
-    import os
-    import signal
-    import subprocess
-    import sys
-
-    import yaml
 
     from povid_kedro.testing.synthetic import make_samples
-    from tests.hallucination.conftest import REPO
 
     samples = make_samples(40, seed=9)
     server.set_responder(rewrite_quoted(hallucinate, latency=0.2))
     params = deep_merge(openai_params, {"openai": {"concurrency": 4}})
-    params_file = tmp_path / "params.yml"
-    params_file.write_text(yaml.safe_dump(params))
     cache_dir = tmp_path / "cache"
-
     script = (CALLER_HANDLER if caller_handler else "") + RESUME_SCRIPT
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script, server.base_url, str(cache_dir), str(params_file)],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        stderr=subprocess.PIPE,
-        text=True,
+    proc = _start_injection(
+        server, params, cache_dir, script=script, stderr=subprocess.PIPE, text=True
     )
     try:
         deadline = time.monotonic() + 30
@@ -448,33 +441,10 @@ def test_interrupted_run_caches_every_answer_it_paid_for(
 def test_a_second_interrupt_abandons_the_requests_in_flight(
     openai_params, server, load_image, tmp_path
 ):
-    import os
-    import signal
-    import subprocess
-    import sys
-
-    import yaml
-
-    from tests.hallucination.conftest import REPO
 
     server.set_responder(rewrite_quoted(hallucinate, latency=30.0))
     params = deep_merge(openai_params, {"openai": {"concurrency": 4, "timeout": 60.0}})
-    params_file = tmp_path / "params.yml"
-    params_file.write_text(yaml.safe_dump(params))
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            RESUME_SCRIPT,
-            server.base_url,
-            str(tmp_path / "c"),
-            str(params_file),
-        ],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _start_injection(server, params, tmp_path / "c", stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 30
         while len(server.chat_requests) < 4 and time.monotonic() < deadline:
