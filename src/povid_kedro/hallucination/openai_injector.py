@@ -710,16 +710,18 @@ class OpenAIInjector(Injector):
         return _Attempt(API_ERROR, self._describe_error(err))
 
     @staticmethod
-    def _parse(completion: object) -> _Reply | None:
+    def _parse(completion: Any) -> _Reply | None:
         """The answer and token counts of a chat completion's JSON; None if it has no text."""
         try:
-            content = completion["choices"][0]["message"]["content"]  # type: ignore[index]
+            content = completion["choices"][0]["message"]["content"]
         except (KeyError, IndexError, TypeError):
             return None
         if not isinstance(content, str):
             return None
-        usage = completion.get("usage") if isinstance(completion, dict) else None
-        usage = usage if isinstance(usage, dict) else {}
+        # Indexing by "choices" worked, so the JSON is an object.
+        usage = completion.get("usage")
+        if not isinstance(usage, dict):
+            usage = {}
         try:
             prompt, answer = (
                 int(usage.get("prompt_tokens") or 0),
