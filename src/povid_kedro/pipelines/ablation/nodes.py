@@ -15,7 +15,7 @@ from povid_kedro.evaluation.ablation import (
     summarise,
 )
 from povid_kedro.hallucination.onpolicy import PairSources
-from povid_kedro.ingest.images import ImageFolder
+from povid_kedro.ingest.images import EncodedImages, ImageFolder
 from povid_kedro.params import deep_merge
 from povid_kedro.pipelines.evaluate.nodes import (
     answer_pope_node,
@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 def validation_split_node(
     world_params: dict[str, Any], params: dict[str, Any]
-) -> tuple[dict[str, Any], dict[str, Any]]:
+) -> tuple[EncodedImages, dict[str, Any]]:
     """The validation split: evaluation scenes of the world's validation seed, sharing no scene
     with the evaluation split (which the ablation never reads).
 
