@@ -1,4 +1,5 @@
-"""Ctrl-C during a pooled map: the caller stops at once and no worker outlives it."""
+"""Pooled maps: one torch thread per worker; Ctrl-C stops the caller at once and no worker
+outlives it."""
 
 from __future__ import annotations
 
@@ -16,6 +17,22 @@ from povid_kedro.parallel import process_map
 if __name__ == "__main__":
     process_map(time.sleep, [0.5] * 2000, workers=2)  # 500 s of work
 """
+
+
+def test_each_worker_runs_torch_on_one_thread(monkeypatch):
+    import torch
+
+    from povid_kedro import parallel
+
+    monkeypatch.setattr(parallel, "MIN_ITEMS", 0)
+    assert torch.get_num_threads() > 1 or os.cpu_count() == 1  # this process keeps its own
+    assert set(parallel.process_map(_torch_threads, range(4), workers=2)) == {1}
+
+
+def _torch_threads(_: int) -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def test_ctrl_c_stops_a_pooled_map_and_its_workers(tmp_path):

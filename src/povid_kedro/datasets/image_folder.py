@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +13,15 @@ from PIL import Image
 from povid_kedro.ingest.images import ImageFolder, write_images
 
 
-class ImageFolderDataset(AbstractDataset[Mapping[str, Image.Image], ImageFolder]):
+class ImageFolderDataset(
+    AbstractDataset[Mapping[str, Image.Image | Callable[[], Image.Image]], ImageFolder]
+):
     """A folder of image files addressed by relative paths.
 
     ``load`` returns an :class:`~povid_kedro.ingest.images.ImageFolder` (a lazy, read-only view:
     nothing is decoded until a node opens an image); ``save`` takes a mapping of relative
-    path to PIL image and writes each file, the format following the suffix.
+    path to PIL image (or to a zero-argument callable that makes it, run by the process that
+    writes it) and writes each file, the format following the suffix.
 
     Example::
 
@@ -44,7 +47,7 @@ class ImageFolderDataset(AbstractDataset[Mapping[str, Image.Image], ImageFolder]
             )
         return ImageFolder(self._path)
 
-    def save(self, data: Mapping[str, Image.Image]) -> None:
+    def save(self, data: Mapping[str, Image.Image | Callable[[], Image.Image]]) -> None:
         if self._overwrite and self._path.exists():
             shutil.rmtree(self._path)
         write_images(self._path, data)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import os
 import posixpath
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
@@ -157,13 +157,18 @@ class EncodedImages(Mapping[str, Image.Image]):
 
 
 def write_images(
-    root: str | os.PathLike[str], images: Mapping[str, Image.Image], workers: int | None = None
+    root: str | os.PathLike[str],
+    images: Mapping[str, Image.Image | Callable[[], Image.Image]],
+    workers: int | None = None,
 ) -> None:
     """Write images under ``root``; the format follows each name's suffix.
 
     PNG output is byte-identical for identical pixels, which keeps generated data
     reproducible. Encoding holds the GIL, so many images are written by ``workers`` processes
-    (default: the CPUs this process may use); :class:`EncodedImages` are written as they are.
+    (default: the CPUs this process may use). A value may be a picklable zero-argument callable
+    that makes the image (as Kedro's ``PartitionedDataset`` saves lazily): it runs in the
+    worker that writes it, so making the images is spread over the workers too.
+    :class:`EncodedImages` are written as they are.
     """
     root_path = Path(root)
     root_path.mkdir(parents=True, exist_ok=True)
@@ -192,9 +197,13 @@ def encode_image(image: Image.Image, fmt: str) -> bytes:
     return buffer.getvalue()
 
 
-def _write_image(job: tuple[Path, str, Image.Image | bytes]) -> None:
+def _write_image(
+    job: tuple[Path, str, Image.Image | Callable[[], Image.Image] | bytes],
+) -> None:
     target, fmt, image = job
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")
+    if callable(image):
+        image = image()
     tmp.write_bytes(image if isinstance(image, bytes) else encode_image(image, fmt))
     os.replace(tmp, target)

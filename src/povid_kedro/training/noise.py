@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 
 from povid_kedro.config_reader import read_dataclass
+from povid_kedro.ingest.images import ImageFolder
 
 POVID_SCHEDULER_KWARGS: dict[str, Any] = {
     "num_train_timesteps": 1000,
@@ -133,6 +134,14 @@ def noisy_image(image: Image.Image, sample_id: str | int, cfg: NoiseConfig) -> I
         ``add_diffusion_noise(image, cfg.step, noise_seed(cfg.seed, sample_id))``.
     """
     return add_diffusion_noise(image, cfg.step, noise_seed(cfg.seed, sample_id))
+
+
+def noisy_image_file(
+    images: ImageFolder, relpath: str, sample_id: str | int, cfg: NoiseConfig
+) -> Image.Image:
+    """:func:`noisy_image` of the image ``relpath`` under ``images`` (opened here, so a process
+    that writes many noisy images reads their clean ones itself)."""
+    return noisy_image(images.open(relpath).convert("RGB"), sample_id, cfg)
 
 
 @dataclass

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import textwrap
+from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
@@ -19,7 +21,7 @@ from povid_kedro.training.noise import (
     noise_fields,
     noise_scales,
     noise_seed,
-    noisy_image,
+    noisy_image_file,
 )
 
 logger = logging.getLogger(__name__)
@@ -35,7 +37,7 @@ def _noisy_name(sample_id: str) -> str:
 
 def make_noisy_images_node(
     preference_pairs: pd.DataFrame, train_images: ImageFolder, params: dict[str, Any]
-) -> dict[str, Image.Image]:
+) -> dict[str, Callable[[], Image.Image]]:
     """Each pair's image under diffusion noise, seeded by (run seed, sample id).
 
     Args:
@@ -44,15 +46,16 @@ def make_noisy_images_node(
         params: The ``noise_trigger`` parameters.
 
     Returns:
-        ``<sample id>.png`` -> noisy image.
+        ``<sample id>.png`` -> a callable that makes the noisy image: the image folder's writer
+        runs it in the process that encodes and writes the file.
     """
     cfg = _noise_config(params)
-    clean: dict[str, Image.Image] = {}
-    noisy = {}
-    for sample_id, path in zip(preference_pairs["id"], preference_pairs["image"], strict=True):
-        if path not in clean:
-            clean[path] = train_images.open(path).convert("RGB")
-        noisy[_noisy_name(sample_id)] = noisy_image(clean[path], sample_id, cfg)
+    noisy: dict[str, Callable[[], Image.Image]] = {
+        _noisy_name(sample_id): functools.partial(
+            noisy_image_file, train_images, path, sample_id, cfg
+        )
+        for sample_id, path in zip(preference_pairs["id"], preference_pairs["image"], strict=True)
+    }
     signal, noise = noise_scales(cfg.step)
     logger.info(
         "noise_trigger: %d noisy images at k=%d (signal %.3f, noise %.3f)",
