@@ -156,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     env = machine()
+    RESULTS.mkdir(exist_ok=True)  # a fresh clone has none, and the cost plot is written there
     results = {}
     for name in args.only or SUITE:
         script, full, quick = (SUITE | ON_REQUEST)[name]
@@ -169,7 +170,6 @@ def main(argv: list[str] | None = None) -> int:
     else:
         command = "make bench-quick" if args.quick else "make bench"
     markdown = table(env, results, command)
-    RESULTS.mkdir(exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps({"machine": env, "results": results}, indent=2))
     (RESULTS / "latest.md").write_text(markdown)
     if args.readme:
