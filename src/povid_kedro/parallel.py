@@ -36,9 +36,9 @@ def process_map(fn: Callable[[T], R], items: Sequence[T], *, workers: int | None
     or fewer than :data:`MIN_ITEMS` items, runs in this process.
 
     Each worker runs torch on one thread. Interrupts are the caller's: workers ignore SIGINT
-    (Ctrl-C reaches the whole process group),
-    and whatever ends the call, the workers are terminated at once rather than left to finish
-    their chunks or, started but never fed, to hold the interpreter's exit.
+    (Ctrl-C reaches the whole process group), and whatever ends the call, the workers are
+    terminated at once rather than left to finish their chunks or, started but never fed, to
+    hold the interpreter's exit.
     """
     workers = cpu_workers() if workers is None else workers
     if workers < 2 or len(items) < MIN_ITEMS:
