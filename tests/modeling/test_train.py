@@ -249,6 +249,27 @@ def test_a_packed_conversation_trains_every_answer_with_the_image_once(fresh, sc
     assert n_image == 2 * ids.count(processor.image_token_id) > 0
 
 
+def test_a_row_encodes_the_same_whatever_rows_are_beside_it(fresh, scenes):
+    # Rows sharing their first turns share renders and token pieces inside encode_rows.
+    _, processor = fresh
+    (a, caption_a), (b, caption_b) = scenes[0], scenes[1]
+    rows = [
+        SFTRow(a, "Is it red?", "Yes", history=[(PROMPT, caption_a)]),
+        SFTRow(b, "Is it red?", "No", history=[(PROMPT, caption_a)]),
+        SFTRow(b, "Is it blue?", "No", history=[(PROMPT, caption_b)]),
+        SFTRow(a, PROMPT, caption_a),
+        SFTRow(None, None, caption_b),
+        SFTRow(b, "Is it red?", "Yes", history=[(PROMPT, caption_a)]),
+    ]
+    together = encode_rows(processor, rows, max_length=200)
+    for i, row in enumerate(rows):
+        alone = encode_rows(processor, [row], max_length=200)
+        assert together.input_ids[i] == alone.input_ids[0]
+        assert together.labels[i] == alone.labels[0]
+    assert together.input_ids[0] != together.input_ids[1]  # the answers differ
+    assert together.image_index == [0, 1, 1, 0, -1, 1]
+
+
 def test_each_task_has_its_own_loss_curve(model_cfg, tokenizer, scenes):
     from povid_kedro.modeling.scratch import loss_history
 

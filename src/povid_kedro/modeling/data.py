@@ -111,7 +111,28 @@ def _num_image_tokens(processor: Any, image: Image.Image) -> int:
     return sum(1 for t in out["input_ids"][0] if t == processor.image_token_id)
 
 
-def _segments(processor: Any, row: SFTRow) -> list[tuple[str, bool]]:
+class _ChatRenderer:
+    """The processor's chat template, each conversation prefix rendered once: rows that open
+    with the same turns (one question asked about many images, one prompt before many
+    descriptions) share those renders, which were most of the time spent encoding the rows."""
+
+    def __init__(self, processor: Any) -> None:
+        self.processor = processor
+        self._rendered: dict[tuple[Any, ...], str] = {}
+
+    def __call__(
+        self, key: tuple[Any, ...], messages: list[Message], add_generation_prompt: bool
+    ) -> str:
+        """Render ``messages``; ``key`` identifies them (and the generation prompt flag)."""
+        key = (*key, add_generation_prompt)
+        if key not in self._rendered:
+            self._rendered[key] = self.processor.apply_chat_template(
+                messages, add_generation_prompt=add_generation_prompt, tokenize=False
+            )
+        return self._rendered[key]
+
+
+def _segments(processor: Any, row: SFTRow, render: _ChatRenderer) -> list[tuple[str, bool]]:
     """The row's text as ``(piece, trained)`` pieces: prompts untrained, answers (with the
     template's end of turn) trained; text-only rows are one trained piece after the BOS."""
     tokenizer = processor.tokenizer
@@ -122,6 +143,7 @@ def _segments(processor: Any, row: SFTRow) -> list[tuple[str, bool]]:
     messages: list[Message] = []
     pieces: list[tuple[str, bool]] = []
     rendered = ""
+    prefix: tuple[Any, ...] = ()
     for i, (question, answer) in enumerate(turns):
         if i == 0:
             messages += to_messages(question, image_token)
@@ -130,11 +152,11 @@ def _segments(processor: Any, row: SFTRow) -> list[tuple[str, bool]]:
                 raise TypeError(f"turn {i} of a multi-turn row is chat messages; give it as text")
             text = question.replace(image_token, "").strip()
             messages.append({"role": "user", "content": [{"type": "text", "text": text}]})
-        prompt_text = processor.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=False
-        )
+        prefix += (question if isinstance(question, str) else repr(question),)
+        prompt_text = render(prefix, messages, True)
         messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
-        full_text = processor.apply_chat_template(messages, tokenize=False)
+        prefix += (answer,)
+        full_text = render(prefix, messages, False)
         if not (prompt_text.startswith(rendered) and full_text.startswith(prompt_text)):
             raise ValueError(
                 "the chat template does not render each turn as a prefix of the full "
@@ -171,28 +193,43 @@ def encode_rows(processor: Any, rows: Sequence[SFTRow], max_length: int) -> SFTF
     n_image_tokens = _num_image_tokens(processor, distinct[0]) if distinct else 0
     expanded = image_token * n_image_tokens
 
-    input_ids: list[list[int]] = []
-    labels: list[list[int]] = []
-    image_index: list[int] = []
-    n_cut = 0
-    # Rows repeat (one-word VQA answers to the same questions): render and tokenize each once.
-    cache: dict[tuple[Any, ...], tuple[list[int], list[int]]] = {}
+    # Rows repeat (one-word VQA answers to the same questions): each is rendered once, and
+    # each distinct piece of text is tokenized once, all of them in one batch.
+    render = _ChatRenderer(processor)
+    row_keys: list[tuple[Any, ...]] = []
+    segments: dict[tuple[Any, ...], list[tuple[str, bool]]] = {}
     for row in rows:
         key = (
             row.prompt if isinstance(row.prompt, str | None) else repr(row.prompt),
             row.answer,
             tuple(row.history),
         )
-        if key not in cache:
-            ids: list[int] = []
-            targets: list[int] = []
-            for text, trained in _segments(processor, row):
-                piece = tokenizer(text.replace(image_token, expanded), add_special_tokens=False)
-                piece_ids = piece["input_ids"]
-                ids += piece_ids
-                targets += piece_ids if trained else [IGNORE_INDEX] * len(piece_ids)
-            cache[key] = (ids, targets)
-        ids, targets = cache[key]
+        if key not in segments:
+            segments[key] = [
+                (text.replace(image_token, expanded), trained)
+                for text, trained in _segments(processor, row, render)
+            ]
+        row_keys.append(key)
+    texts = list(dict.fromkeys(text for pieces in segments.values() for text, _ in pieces))
+    token_ids = dict(
+        zip(texts, tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else [])
+    )
+    encoded: dict[tuple[Any, ...], tuple[list[int], list[int]]] = {}
+    for key, pieces in segments.items():
+        ids: list[int] = []
+        targets: list[int] = []
+        for text, trained in pieces:
+            piece_ids = token_ids[text]
+            ids += piece_ids
+            targets += piece_ids if trained else [IGNORE_INDEX] * len(piece_ids)
+        encoded[key] = (ids, targets)
+
+    input_ids: list[list[int]] = []
+    labels: list[list[int]] = []
+    image_index: list[int] = []
+    n_cut = 0
+    for row, key in zip(rows, row_keys, strict=True):
+        ids, targets = encoded[key]
         n_prompt = next((i for i, t in enumerate(targets) if t != IGNORE_INDEX), len(targets))
         if n_prompt >= max_length:
             raise ValueError(
