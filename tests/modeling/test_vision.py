@@ -55,7 +55,7 @@ def test_pretraining_teaches_the_tower_to_name_the_objects_and_freezes_it(tokeni
 
 
 # LeViT's stem has BatchNorm: with freeze_norm_statistics its running statistics stay too;
-# without, they follow the SFT batches (conf/base's choice, README).
+# without, they follow the SFT batches (conf/base's choice, docs/experiments.md).
 LEVIT = {"vision_tower": "levit", "image_size": 64, "patch_size": 16}
 TOWERS = {"clip": ({}, False), "levit": (LEVIT, True), "levit_batch_norms": (LEVIT, False)}
 

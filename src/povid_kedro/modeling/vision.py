@@ -1,10 +1,10 @@
 """Pretraining the tiny LLaVA's vision tower on the objects its images' descriptions name.
 
 LLaVA-1.5 starts from a CLIP tower trained apart from the language model and keeps it frozen;
-its hallucinations are then the language model's, not blindness. The tiny model's tower,
-learnt from the caption loss alone, does not find a partner's glyph that a small detector
-finds (README, "Can the base model see the absent partner at all?"). This stage gives it the
-CLIP-like start: the tower, with a linear head on its max-pooled image tokens (read at the
+its hallucinations are then the language model's, not blindness. The tiny model's tower, learnt
+from the caption loss alone, does not find a partner's glyph that a small detector finds
+(docs/experiments.md, "Can the base model see the absent partner at all?"). This stage gives it
+the CLIP-like start: the tower, with a linear head on its max-pooled image tokens (read at the
 layer the model reads), is trained to name the objects each training image's descriptions name
 (multi-label, CHAIR's object parser), then the head is dropped and the tower optionally frozen.
 """
@@ -42,8 +42,8 @@ class VisionPretrainConfig:
             in eval mode while the language model learns: fixed running statistics, so every
             image gives the features it gives at inference. ``False``: they normalise each
             training batch with its own statistics and keep updating their running ones. With
-            ``True`` the base model's one-word-answer skill formed less (README, "A base model
-            that sees").
+            ``True`` the base model's one-word-answer skill formed less (docs/experiments.md, "A
+            base model that sees").
         seed: Initialisation of the head and the order of the images.
     """
 
