@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 
@@ -249,8 +251,15 @@ def test_a_packed_conversation_trains_every_answer_with_the_image_once(fresh, sc
     assert n_image == 2 * ids.count(processor.image_token_id) > 0
 
 
-def test_a_row_encodes_the_same_whatever_rows_are_beside_it(fresh, scenes):
-    # Rows sharing their first turns share renders and token pieces inside encode_rows.
+@pytest.mark.parametrize("renders_kept", [4096, 1])
+def test_a_row_encodes_the_same_whatever_rows_are_beside_it(
+    fresh, scenes, monkeypatch, renders_kept
+):
+    # Rows sharing their first turns share renders and token pieces inside encode_rows; with one
+    # render kept, every shared prefix has been dropped by the time the next row needs it.
+    from povid_kedro.modeling import data
+
+    monkeypatch.setattr(data, "_ChatRenderer", partial(data._ChatRenderer, size=renders_kept))
     _, processor = fresh
     (a, caption_a), (b, caption_b) = scenes[0], scenes[1]
     rows = [

@@ -8,6 +8,7 @@ processor once and kept as a tensor; text is tokenized once. The collator then o
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -112,24 +113,33 @@ def _num_image_tokens(processor: Any, image: Image.Image) -> int:
 
 
 class _ChatRenderer:
-    """The processor's chat template, each conversation prefix rendered once: rows that open
-    with the same turns (one question asked about many images, one prompt before many
-    descriptions) share those renders, which were most of the time spent encoding the rows."""
+    """The processor's chat template, each conversation prefix rendered once while it is in use:
+    rows that open with the same turns (one question asked about many images, one prompt before
+    many descriptions) share those renders, which were most of the time spent encoding the rows.
+    The least recently used renders are dropped past ``size``, so that a corpus of long, unique
+    conversations does not keep every prefix of every one of them."""
 
-    def __init__(self, processor: Any) -> None:
+    def __init__(self, processor: Any, size: int = 4096) -> None:
         self.processor = processor
-        self._rendered: dict[tuple[Any, ...], str] = {}
+        self.size = size
+        self._rendered: OrderedDict[tuple[Any, ...], str] = OrderedDict()
 
     def __call__(
         self, key: tuple[Any, ...], messages: list[Message], add_generation_prompt: bool
     ) -> str:
         """Render ``messages``; ``key`` identifies them (and the generation prompt flag)."""
         key = (*key, add_generation_prompt)
-        if key not in self._rendered:
-            self._rendered[key] = self.processor.apply_chat_template(
+        text = self._rendered.get(key)
+        if text is None:
+            text = self.processor.apply_chat_template(
                 messages, add_generation_prompt=add_generation_prompt, tokenize=False
             )
-        return self._rendered[key]
+            self._rendered[key] = text
+            if len(self._rendered) > self.size:
+                self._rendered.popitem(last=False)
+        else:
+            self._rendered.move_to_end(key)
+        return text
 
 
 def _segments(processor: Any, row: SFTRow, render: _ChatRenderer) -> list[tuple[str, bool]]:
@@ -194,8 +204,9 @@ def encode_rows(processor: Any, rows: Sequence[SFTRow], max_length: int) -> SFTF
     expanded = image_token * n_image_tokens
 
     # Rows repeat (one-word VQA answers to the same questions): each is rendered once, and
-    # each distinct piece of text is tokenized once, all of them in one batch.
+    # each distinct piece of text is kept once and tokenized once, all of them in one batch.
     render = _ChatRenderer(processor)
+    distinct_texts: dict[str, str] = {}
     row_keys: list[tuple[Any, ...]] = []
     segments: dict[tuple[Any, ...], list[tuple[str, bool]]] = {}
     for row in rows:
@@ -205,12 +216,12 @@ def encode_rows(processor: Any, rows: Sequence[SFTRow], max_length: int) -> SFTF
             tuple(row.history),
         )
         if key not in segments:
-            segments[key] = [
-                (text.replace(image_token, expanded), trained)
-                for text, trained in _segments(processor, row, render)
-            ]
+            segments[key] = []
+            for piece, trained in _segments(processor, row, render):
+                text = piece.replace(image_token, expanded)
+                segments[key].append((distinct_texts.setdefault(text, text), trained))
         row_keys.append(key)
-    texts = list(dict.fromkeys(text for pieces in segments.values() for text, _ in pieces))
+    texts = list(distinct_texts)
     token_ids = dict(
         zip(texts, tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else [])
     )
