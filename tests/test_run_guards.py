@@ -44,22 +44,29 @@ def _runs(project: Path) -> list:
 
 def _start_cli_run(project: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(
-        [str(KEDRO), "run", *args],
-        cwd=project,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    # stderr to a file, not a pipe: a traceback longer than the pipe's buffer would block the
+    # run in its last write, unread.
+    with (project / "stderr.log").open("w") as stderr:
+        return subprocess.Popen(
+            [str(KEDRO), "run", *args],
+            cwd=project,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            text=True,
+            start_new_session=True,
+        )
+
+
+def _stderr(project: Path) -> str:
+    return (project / "stderr.log").read_text()[-4000:]
 
 
 def _wait_until_running(project: Path, process: subprocess.Popen, timeout: float = 120) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            pytest.fail(f"the run ended before it could be interrupted: {process.stderr.read()}")
+            pytest.fail(f"the run ended before it could be interrupted: {_stderr(project)}")
         try:
             running = [r for r in _runs(project) if r.info.status == "RUNNING"]
         except Exception:  # noqa: BLE001 - the store is being created by the run
@@ -75,12 +82,53 @@ def _wait_until_running(project: Path, process: subprocess.Popen, timeout: float
 def test_a_run_stopped_by_a_signal_is_recorded_as_killed(project, sig):
     process = _start_cli_run(project, "--pipeline", "embedded_world", *SLOW_WORLD)
     run_id = _wait_until_running(project, process)
-    time.sleep(1.0)  # inside a node
+    # Inside the world node, or on a loaded machine while kedro-mlflow still logs the parameters.
+    time.sleep(1.0)
     process.send_signal(sig)
-    assert process.wait(timeout=60) != 0
+    assert process.wait(timeout=60) != 0, _stderr(project)
     run = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}").get_run(run_id)
-    assert run.info.status == "KILLED"
+    assert run.info.status == "KILLED", _stderr(project)
     assert run.data.tags["povid.stopped_by"] == sig.name
+
+
+# A signal that lands while this process writes to the store (kedro-mlflow logs its parameters
+# just after the run appears): the write's transaction is open and holds SQLite's lock.
+_SIGNAL_IN_A_WRITE = """
+import signal, sys, time
+import mlflow, sqlalchemy
+from povid_kedro.hooks import RunGuardHooks
+
+def interrupt(connection, cursor, statement, *args):
+    if statement.startswith("INSERT INTO params"):
+        signal.raise_signal(signal.SIGTERM)
+
+mlflow.set_tracking_uri(sys.argv[1])
+guard = RunGuardHooks()
+guard.before_pipeline_run({"project_path": sys.argv[2]})
+print(mlflow.start_run().info.run_id, flush=True)
+sqlalchemy.event.listen(sqlalchemy.engine.Engine, "after_cursor_execute", interrupt)
+print(time.time(), flush=True)
+mlflow.log_param("lr", 0.1)
+"""
+
+
+def test_a_signal_inside_a_write_to_the_store_still_ends_the_run_as_killed(project):
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    done = subprocess.run(
+        [sys.executable, "-c", _SIGNAL_IN_A_WRITE, uri, str(project)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    ended = time.time()
+    assert done.returncode != 0, done.stderr
+    run_id, signalled = done.stdout.split()
+    run = MlflowClient(tracking_uri=uri).get_run(run_id)
+    assert run.info.status == "KILLED", done.stderr[-4000:]
+    assert run.data.tags["povid.stopped_by"] == "SIGTERM"
+    assert "database is locked" not in done.stderr
+    assert ended - float(signalled) < 15  # not after waiting out the lock (mlflow waits 20 s)
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import json
 import logging
@@ -234,7 +235,11 @@ class RunGuardHooks:
       would); a run that died by SIGKILL is marked KILLED, and its unfinished logged models
       FAILED, by the next run that takes the lock. Python drops an exception raised while a
       finaliser or weakref callback runs, so the handler's KeyboardInterrupt can be lost; the
-      next node boundary raises it again rather than let the run go on.
+      next node boundary raises it again rather than let the run go on. A signal that lands
+      inside a write to the store (kedro-mlflow logging parameters, say) leaves that write's
+      transaction open, holding SQLite's lock: the run is then ended once the interrupt has
+      unwound it, at exit (or by this process's next run), not from the handler, whose own
+      write would wait for the lock until SQLite gave up.
     """
 
     def __init__(self) -> None:
@@ -243,6 +248,8 @@ class RunGuardHooks:
         self._previous: dict[str, Any] = {}
         self._handlers: dict[int, Any] = {}
         self._stopped_by: str | None = None
+        self._end_pending = False  # an interrupted run still to be ended as KILLED
+        self._at_exit = False
 
     @hook_impl(tryfirst=True)  # before kedro-mlflow's hook creates or opens the store
     def after_context_created(self, context: Any) -> None:
@@ -264,6 +271,7 @@ class RunGuardHooks:
 
     @hook_impl(tryfirst=True)
     def before_pipeline_run(self, run_params: dict[str, Any]) -> None:
+        self._end_interrupted_run()  # this process's last run, stopped inside a store write
         self._release()  # a run of this process that failed before it started holds none
         root = self._root or Path(run_params.get("project_path") or ".")
         self._lock, self._previous = acquire_run_lock(root / LOCK_FILE, run_params)
@@ -318,26 +326,61 @@ class RunGuardHooks:
         mark_killed_run(killed, current)
 
     def _interrupted(self, signum: int, frame: Any) -> None:
-        import mlflow
-
         name = signal.Signals(signum).name
         self._stopped_by = name
         logger.error("run interrupted by %s: its MLflow run ends as KILLED", name)
-        try:
-            while mlflow.active_run():
-                mlflow.set_tag("povid.stopped_by", name)
-                mlflow.end_run("KILLED")
-        finally:
-            self._release()
+        self._restore_handlers()  # a second signal acts at once
+        self._end_pending = True
+        if _inside_store(frame):
+            self._end_at_exit()
+        else:
+            self._end_interrupted_run()
         raise KeyboardInterrupt(f"interrupted by {name}")
 
-    def _release(self) -> None:
+    def _end_interrupted_run(self) -> None:
+        if not self._end_pending:
+            return
+        try:
+            while mlflow.active_run():
+                mlflow.set_tag("povid.stopped_by", self._stopped_by)
+                mlflow.end_run("KILLED")
+        except Exception as error:  # noqa: BLE001 - the store is busy (another process, say)
+            if not self._at_exit:
+                self._end_at_exit()  # try again once the process is done with it
+                return
+            logger.warning(
+                "could not end the interrupted MLflow run (%s): the next run marks it KILLED", error
+            )
+        self._end_pending = False
+        self._release()
+
+    def _end_at_exit(self) -> None:
+        # Registered after mlflow's own exit handler (at its import), so it runs first: mlflow's
+        # would end the run FINISHED.
+        if not self._at_exit:
+            atexit.register(self._end_interrupted_run)
+            self._at_exit = True
+
+    def _restore_handlers(self) -> None:
         for signum, handler in self._handlers.items():
             signal.signal(signum, handler)
         self._handlers = {}
+
+    def _release(self) -> None:
+        self._restore_handlers()
         if self._lock is not None:
             self._lock.close()  # closing the descriptor releases the lock
             self._lock = None
+
+
+def _inside_store(frame: Any) -> bool:
+    """Whether the interrupted code is inside MLflow's SQL store, where its thread may hold the
+    database's write lock."""
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").startswith(("sqlalchemy.", "mlflow.store.")):
+            return True
+        frame = frame.f_back
+    return False
 
 
 class RunStartedHooks:
