@@ -114,8 +114,14 @@ mlflow.log_param("lr", 0.1)
 
 def test_a_signal_inside_a_write_to_the_store_still_ends_the_run_as_killed(project):
     uri = f"sqlite:///{project / 'mlflow.db'}"
+    # A new process, as `kedro run` is: not this one's MLflow state (mlflow.set_experiment
+    # exports MLFLOW_EXPERIMENT_ID, an id from another test's store).
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID")
+    }
     done = subprocess.run(
         [sys.executable, "-c", _SIGNAL_IN_A_WRITE, uri, str(project)],
+        env=env,
         check=False,
         capture_output=True,
         text=True,
@@ -123,6 +129,7 @@ def test_a_signal_inside_a_write_to_the_store_still_ends_the_run_as_killed(proje
     )
     ended = time.time()
     assert done.returncode != 0, done.stderr
+    assert len(done.stdout.split()) == 2, done.stderr[-4000:]  # the run's id, then the time
     run_id, signalled = done.stdout.split()
     run = MlflowClient(tracking_uri=uri).get_run(run_id)
     assert run.info.status == "KILLED", done.stderr[-4000:]
