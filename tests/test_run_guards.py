@@ -105,14 +105,23 @@ def interrupt(connection, cursor, statement, *args):
 mlflow.set_tracking_uri(sys.argv[1])
 guard = RunGuardHooks()
 guard.before_pipeline_run({"project_path": sys.argv[2]})
-print(mlflow.start_run().info.run_id, flush=True)
+run_id = mlflow.start_run().info.run_id
+print(run_id, flush=True)
 sqlalchemy.event.listen(sqlalchemy.engine.Engine, "after_cursor_execute", interrupt)
 print(time.time(), flush=True)
-mlflow.log_param("lr", 0.1)
+try:
+    mlflow.log_param("lr", 0.1)
+except KeyboardInterrupt:
+    if sys.argv[3] == "exit":
+        raise
+    sqlalchemy.event.remove(sqlalchemy.engine.Engine, "after_cursor_execute", interrupt)
+    guard.before_pipeline_run({"project_path": sys.argv[2]})  # a notebook's next run
+    sys.exit(3 if mlflow.MlflowClient().get_run(run_id).info.status == "KILLED" else 4)
 """
 
 
-def test_a_signal_inside_a_write_to_the_store_still_ends_the_run_as_killed(project):
+@pytest.mark.parametrize("ended_by", ["exit", "next_run"])
+def test_a_signal_inside_a_write_to_the_store_still_ends_the_run_as_killed(project, ended_by):
     uri = f"sqlite:///{project / 'mlflow.db'}"
     # A new process, as `kedro run` is: not this one's MLflow state (mlflow.set_experiment
     # exports MLFLOW_EXPERIMENT_ID, an id from another test's store).
@@ -120,7 +129,7 @@ def test_a_signal_inside_a_write_to_the_store_still_ends_the_run_as_killed(proje
         k: v for k, v in os.environ.items() if k not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID")
     }
     done = subprocess.run(
-        [sys.executable, "-c", _SIGNAL_IN_A_WRITE, uri, str(project)],
+        [sys.executable, "-c", _SIGNAL_IN_A_WRITE, uri, str(project), ended_by],
         env=env,
         check=False,
         capture_output=True,
@@ -128,7 +137,9 @@ def test_a_signal_inside_a_write_to_the_store_still_ends_the_run_as_killed(proje
         timeout=120,
     )
     ended = time.time()
-    assert done.returncode != 0, done.stderr
+    assert done.returncode != 0, done.stderr[-4000:]
+    if ended_by == "next_run":  # 3: ended by the next run, before the process exited
+        assert done.returncode == 3, done.stderr[-4000:]
     assert len(done.stdout.split()) == 2, done.stderr[-4000:]  # the run's id, then the time
     run_id, signalled = done.stdout.split()
     run = MlflowClient(tracking_uri=uri).get_run(run_id)
