@@ -337,7 +337,7 @@ class RunGuardHooks:
             self._end_interrupted_run()
         raise KeyboardInterrupt(f"interrupted by {name}")
 
-    def _end_interrupted_run(self) -> None:
+    def _end_interrupted_run(self, last_try: bool = False) -> None:
         if not self._end_pending:
             return
         try:
@@ -345,7 +345,7 @@ class RunGuardHooks:
                 mlflow.set_tag("povid.stopped_by", self._stopped_by)
                 mlflow.end_run("KILLED")
         except Exception as error:  # noqa: BLE001 - the store is busy (another process, say)
-            if not self._at_exit:
+            if not last_try:
                 self._end_at_exit()  # try again once the process is done with it
                 return
             logger.warning(
@@ -358,7 +358,7 @@ class RunGuardHooks:
         # Registered after mlflow's own exit handler (at its import), so it runs first: mlflow's
         # would end the run FINISHED.
         if not self._at_exit:
-            atexit.register(self._end_interrupted_run)
+            atexit.register(self._end_interrupted_run, last_try=True)
             self._at_exit = True
 
     def _restore_handlers(self) -> None:
