@@ -19,7 +19,7 @@ export DO_NOT_TRACK := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test lint bench bench-quick viz mlflow-ui clean-data
+.PHONY: install run test test-distributed lint bench bench-quick viz mlflow-ui clean-data
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ run: install
 
 test: install
 	$(VENV)/bin/pytest
+
+# DeepSpeed ZeRO-2/3 and FSDP launches on this machine's CPUs, one at a time (2 processes each).
+test-distributed: install
+	$(PY) -m pip install --quiet -e ".[test,deepspeed]"
+	$(VENV)/bin/pytest -m distributed -n 0
 
 lint: install
 	$(VENV)/bin/ruff check src tests scripts benchmarks

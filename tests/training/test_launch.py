@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from accelerate.utils import DistributedType
 
 from povid_kedro.ingest.images import ImageFolder
 from povid_kedro.training.config import ProcessSettings, StageConfig
 from povid_kedro.training.launch import launch_command, train_stage_processes
+from povid_kedro.training.trainer import _require_launched_type
 
 
 def test_the_command_is_accelerate_launch_of_this_module(tmp_path):
@@ -43,3 +45,12 @@ def test_a_failed_launch_raises_with_the_end_of_the_processes_log(fresh, pairs, 
         train_stage_processes(
             "stage1", model, processor, pairs, ImageFolder(tmp_path), StageConfig(), None, settings
         )
+
+
+@pytest.mark.parametrize("asked", ["DEEPSPEED", "FSDP"])
+def test_deepspeed_or_fsdp_asked_and_not_set_up_is_refused(monkeypatch, asked):
+    # What accelerate does on CPUs: use_cpu turns either into DDP (MULTI_CPU) without a word.
+    monkeypatch.setenv(f"ACCELERATE_USE_{asked}", "true")
+    with pytest.raises(RuntimeError, match=f"asks for {asked}, but accelerate set up MULTI_CPU"):
+        _require_launched_type(DistributedType.MULTI_CPU)
+    _require_launched_type(DistributedType(asked))

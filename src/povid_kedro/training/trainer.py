@@ -39,6 +39,7 @@ import copy
 import dataclasses
 import logging
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -51,7 +52,7 @@ from typing import Any
 
 import pandas as pd
 import torch
-from accelerate.utils import is_peft_model
+from accelerate.utils import DistributedType, is_peft_model
 from datasets import Dataset
 from peft import LoraConfig
 from transformers import PrinterCallback, TrainerCallback
@@ -634,6 +635,8 @@ def dpo_args(cfg: StageConfig, output_dir: str, progress: bool = False) -> DPOCo
     Returns:
         The trl config.
     """
+    no_gpu = not (torch.cuda.is_available() or torch.backends.mps.is_available())
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     return DPOConfig(
         output_dir=output_dir,
         per_device_train_batch_size=cfg.batch_size,
@@ -649,8 +652,11 @@ def dpo_args(cfg: StageConfig, output_dir: str, progress: bool = False) -> DPOCo
         bf16=cfg.bf16,
         fp16=False,
         # Told to run on the CPU on purpose where there is no GPU: transformers refuses bf16
-        # otherwise, and accelerate sets up DDP over gloo for launched processes only then.
-        use_cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
+        # otherwise, and accelerate sets up DDP over gloo for launched processes only then. Not
+        # under DeepSpeed, which accelerate then drops for DDP: it runs on CPUs over gloo only
+        # without use_cpu and given the backend (else each process trains alone).
+        use_cpu=no_gpu and not deepspeed,
+        ddp_backend="gloo" if no_gpu and deepspeed else None,
         seed=cfg.seed,
         data_seed=cfg.seed,
         logging_steps=max(1, cfg.logging_steps),
@@ -758,9 +764,56 @@ def _encode_checked(
     return encoded
 
 
+_LAUNCH_HINTS = {
+    DistributedType.DEEPSPEED: "on CPUs the accelerate config needs use_cpu: false",
+    DistributedType.FSDP: "accelerate shards with FSDP on GPUs only; on CPUs use a DeepSpeed "
+    "config (conf/base/accelerate/), or none for DDP",
+}
+
+
+def _require_launched_type(distributed_type: DistributedType) -> None:
+    """Refuse DeepSpeed or FSDP asked of ``accelerate launch`` and not set up: accelerate sets FSDP
+    up on GPUs only, and DeepSpeed on CPUs only without ``use_cpu``; otherwise it trains plain DDP,
+    or unsynchronised processes, without a word.
+
+    Raises:
+        RuntimeError: If the launcher asked for DeepSpeed or FSDP and the trainer runs another type.
+    """
+    for wanted, hint in _LAUNCH_HINTS.items():
+        asked = os.environ.get(f"ACCELERATE_USE_{wanted.value}", "false").lower() == "true"
+        if asked and distributed_type != wanted:
+            raise RuntimeError(
+                f"the accelerate config asks for {wanted.value}, but accelerate set up "
+                f"{distributed_type.value} training instead: {hint}"
+            )
+
+
+def _unshard(trainer: POVIDTrainer, model: torch.nn.Module) -> None:
+    """Give each DeepSpeed ZeRO-3 parameter its whole tensor again, on every process, for good.
+
+    ZeRO-3 leaves each process its shard of every parameter (an empty ``data``): the adapter merge
+    and the save need whole weights (else the main process saves empty tensors).
+    """
+    params = [param for param in model.parameters() if hasattr(param, "ds_id")]
+    if not params:
+        return
+    import deepspeed  # installed wherever ZeRO-3 ran
+
+    whole = []
+    for param in params:  # one at a time: at most one gathered tensor besides the copies
+        with deepspeed.zero.GatheredParameters([param]):
+            whole.append(param.data.clone())
+    # Its hooks would gather and partition the parameters again around every forward.
+    engine: Any = trainer.model_wrapped  # deepspeed's DeepSpeedEngine
+    engine.destroy()
+    for param, data in zip(params, whole, strict=True):
+        param.data = data
+
+
 def _finish(trainer: POVIDTrainer, use_cache: Any) -> Any:
     """The trained model, adapter merged, trl's and accelerate's patches removed, in eval mode."""
     model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
+    _unshard(trainer, model)
     if is_peft_model(model):
         model = model.merge_and_unload()
     # trl patches the instance's forward with a fused LM head; the saved model must not carry it.
@@ -926,6 +979,7 @@ def _train_stage(
                 ref_model=ref_model,
                 callbacks=run.callbacks,
             )
+        _require_launched_type(trainer.accelerator.distributed_type)
         if not run.progress:
             trainer.remove_callback(PrinterCallback)  # it prints every log line to stdout
         recorder = _StepRecorder(trainer)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -183,23 +184,33 @@ def test_generated_mode_trains_on_the_free_answers_under_noise(tmp_path, world):
     }
 
 
-def test_two_processes_train_what_one_process_trains_on_the_same_global_batch(tmp_path, world):
-    # 2 processes x 4 pairs (DDP over gloo, launched by the node through accelerate) against
-    # 1 process x 8 pairs: the same optimiser steps up to the order of float sums. The SFT term
-    # is off: it is a token mean per process, so with shards of unequal token counts it is not
-    # the whole batch's token mean (the README gives the difference). At the fast tests' lr
-    # 2e-2 stage 2 is unstable enough to amplify float-order differences (weights 0.05 apart
-    # after 3 steps); at 2e-3 they stay 2e-6 apart.
-    same = {"sft_weight": 0.0, "learning_rate": 2e-3}
-    one = _run(tmp_path / "one", world, params=_params(stages=same))
-    two = _run(
-        tmp_path / "two",
+# 2 processes x 4 pairs (launched by the node through accelerate) against 1 process x 8 pairs:
+# the same optimiser steps up to the order of float sums. The SFT term is off: it is a token mean
+# per process, so with shards of unequal token counts it is not the whole batch's token mean (the
+# README gives the difference). At the fast tests' lr 2e-2 stage 2 is unstable enough to amplify
+# float-order differences (weights 0.05 apart after 3 steps); at 2e-3 they stay 2e-6 apart.
+SAME_GLOBAL_BATCH = {"sft_weight": 0.0, "learning_rate": 2e-3}
+CPU_CONFIGS = Path(__file__).parent / "accelerate"
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, world):
+    return _run(tmp_path_factory.mktemp("one"), world, params=_params(stages=SAME_GLOBAL_BATCH))
+
+
+def _two_processes(tmp_path, world, accelerate_config: str | None = None) -> DataCatalog:
+    processes = {"num_processes": 2, "main_process_port": free_port()}
+    stages = {**SAME_GLOBAL_BATCH, "batch_size": N_PAIRS // 2}
+    return _run(
+        tmp_path,
         world,
         params=_params(
-            stages={**same, "batch_size": N_PAIRS // 2},
-            processes={"num_processes": 2, "main_process_port": free_port()},
+            stages=stages, processes={**processes, "accelerate_config": accelerate_config}
         ),
     )
+
+
+def _assert_trained_alike(one: DataCatalog, two: DataCatalog) -> None:
     for name in ("stage1_metrics", "stage2_metrics"):
         a, b = one.load(name), two.load(name)
         for key in ("loss", "hallucination/margins", "noise/margins"):
@@ -209,8 +220,38 @@ def test_two_processes_train_what_one_process_trains_on_the_same_global_batch(tm
                 ), (name, key)
     for name in ("stage1_model", "stage2_model"):
         a, b = _weights(one.load(name)[0]), _weights(two.load(name)[0])
+        assert a.keys() == b.keys(), name  # merged and gathered: the full stock layout
         for key in a:
             assert torch.allclose(a[key], b[key], atol=1e-5), (name, key)
+
+
+def test_two_processes_train_what_one_process_trains_on_the_same_global_batch(
+    tmp_path, world, one_process
+):
+    # DDP over gloo.
+    _assert_trained_alike(one_process, _two_processes(tmp_path, world))
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("config", ["deepspeed_zero2", "deepspeed_zero3"])
+def test_deepspeed_processes_train_what_one_process_trains(tmp_path, world, one_process, config):
+    # DeepSpeed's CPU accelerator over gloo; ZeRO-3 shards the weights the merge has to gather.
+    pytest.importorskip("deepspeed")
+    # A DeepSpeed config file is read relative to the working directory: name it absolutely.
+    text = (CPU_CONFIGS / f"{config}.yaml").read_text()
+    text = text.replace("deepspeed_config_file: ", f"deepspeed_config_file: {CPU_CONFIGS}/")
+    (tmp_path / "accelerate.yaml").write_text(text)
+    two = _two_processes(tmp_path / "run", world, str(tmp_path / "accelerate.yaml"))
+    _assert_trained_alike(one_process, two)
+
+
+@pytest.mark.distributed
+def test_fsdp_on_cpus_is_refused_rather_than_trained_as_ddp(tmp_path, world):
+    # accelerate sets FSDP up on GPUs only: told use_cpu, it would train DDP without a word.
+    if torch.cuda.is_available():
+        pytest.skip("FSDP is set up on GPUs")
+    with pytest.raises(Exception, match="asks for FSDP, but accelerate set up MULTI_CPU"):
+        _two_processes(tmp_path, world, str(CPU_CONFIGS / "fsdp.yaml"))
 
 
 def test_without_on_policy_both_stages_train_on_the_injected_pairs(tmp_path, world):
