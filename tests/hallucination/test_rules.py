@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -280,14 +279,12 @@ def test_every_row_is_a_pair_or_a_failure(base_params):
     assert list(result.pairs.columns[:8]) == list(rows.columns)
 
 
-def test_ten_thousand_samples_are_fast(base_params):
+def test_ten_thousand_samples_all_become_pairs(base_params):
+    # How fast is benchmarks/inject.py's to say (a wall-clock bound here fails on a busy machine).
     samples = make_samples(10_000, seed=1)
-    t0 = time.perf_counter()
     _, result = _run(base_params, samples)
-    elapsed = time.perf_counter() - t0
     assert len(result.pairs) + len(result.failures) == 10_000
     assert result.failures.empty
-    assert elapsed < 10.0
 
 
 def test_omission_leaves_out_one_present_object_and_nothing_else(base_params, corpus):
