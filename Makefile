@@ -40,10 +40,11 @@ run: install
 test: install
 	$(VENV)/bin/pytest
 
-# DeepSpeed ZeRO-2/3 and FSDP launches on this machine's CPUs, one at a time (2 processes each).
+# DeepSpeed ZeRO-2/3 and FSDP launches on this machine's CPUs, one at a time (2 processes each);
+# DeepSpeed's C++ op is compiled into the venv, not ~/.cache.
 test-distributed: install
 	$(PY) -m pip install --quiet -e ".[test,deepspeed]"
-	$(VENV)/bin/pytest -m distributed -n 0
+	TORCH_EXTENSIONS_DIR=$(abspath $(VENV))/torch_extensions $(VENV)/bin/pytest -m distributed -n 0
 
 lint: install
 	$(VENV)/bin/ruff check src tests scripts benchmarks
