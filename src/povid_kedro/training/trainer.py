@@ -39,7 +39,6 @@ import copy
 import dataclasses
 import logging
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -52,7 +51,7 @@ from typing import Any
 
 import pandas as pd
 import torch
-from accelerate.utils import DistributedType, is_peft_model
+from accelerate.utils import DistributedType, is_peft_model, parse_flag_from_env
 from datasets import Dataset
 from peft import LoraConfig
 from transformers import PrinterCallback, TrainerCallback
@@ -636,7 +635,7 @@ def dpo_args(cfg: StageConfig, output_dir: str, progress: bool = False) -> DPOCo
         The trl config.
     """
     no_gpu = not (torch.cuda.is_available() or torch.backends.mps.is_available())
-    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    deepspeed = parse_flag_from_env("ACCELERATE_USE_DEEPSPEED")
     return DPOConfig(
         output_dir=output_dir,
         per_device_train_batch_size=cfg.batch_size,
@@ -780,8 +779,7 @@ def _require_launched_type(distributed_type: DistributedType) -> None:
         RuntimeError: If the launcher asked for DeepSpeed or FSDP and the trainer runs another type.
     """
     for wanted, hint in _LAUNCH_HINTS.items():
-        asked = os.environ.get(f"ACCELERATE_USE_{wanted.value}", "false").lower() == "true"
-        if asked and distributed_type != wanted:
+        if parse_flag_from_env(f"ACCELERATE_USE_{wanted.value}") and distributed_type != wanted:
             raise RuntimeError(
                 f"the accelerate config asks for {wanted.value}, but accelerate set up "
                 f"{distributed_type.value} training instead: {hint}"

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+import yaml
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 from kedro_datasets.pandas import ParquetDataset
@@ -190,7 +191,7 @@ def test_generated_mode_trains_on_the_free_answers_under_noise(tmp_path, world):
 # README gives the difference). At the fast tests' lr 2e-2 stage 2 is unstable enough to amplify
 # float-order differences (weights 0.05 apart after 3 steps); at 2e-3 they stay 2e-6 apart.
 SAME_GLOBAL_BATCH = {"sft_weight": 0.0, "learning_rate": 2e-3}
-CPU_CONFIGS = Path(__file__).parent / "accelerate"
+SHIPPED_CONFIGS = Path(__file__).parents[3] / "conf" / "base" / "accelerate"
 
 
 @pytest.fixture(scope="module")
@@ -208,6 +209,16 @@ def _two_processes(tmp_path, world, accelerate_config: str | None = None) -> Dat
             stages=stages, processes={**processes, "accelerate_config": accelerate_config}
         ),
     )
+
+
+def _on_cpus(tmp_path, name: str, **changes) -> str:
+    """The shipped accelerate config ``name`` with ``changes`` (fp32 for CPUs), as a file."""
+    config = yaml.safe_load((SHIPPED_CONFIGS / f"{name}.yaml").read_text())
+    config.pop("mixed_precision")
+    config.update(changes)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
 
 
 def _assert_trained_alike(one: DataCatalog, two: DataCatalog) -> None:
@@ -237,11 +248,18 @@ def test_two_processes_train_what_one_process_trains_on_the_same_global_batch(
 def test_deepspeed_processes_train_what_one_process_trains(tmp_path, world, one_process, config):
     # DeepSpeed's CPU accelerator over gloo; ZeRO-3 shards the weights the merge has to gather.
     pytest.importorskip("deepspeed")
-    # A DeepSpeed config file is read relative to the working directory: name it absolutely.
-    text = (CPU_CONFIGS / f"{config}.yaml").read_text()
-    text = text.replace("deepspeed_config_file: ", f"deepspeed_config_file: {CPU_CONFIGS}/")
-    (tmp_path / "accelerate.yaml").write_text(text)
-    two = _two_processes(tmp_path / "run", world, str(tmp_path / "accelerate.yaml"))
+    if config == "deepspeed_zero3":
+        # A DeepSpeed file that partitions every parameter: by default those under 1e5 elements
+        # (all of the tiny model's) stay whole on each process, and there would be nothing to
+        # gather. With the file, accelerate takes the precision from it (fp32) and refuses its
+        # own setting.
+        path = Path(__file__).parent / "deepspeed_zero3_all_sharded.json"
+        changes = {"deepspeed_config": {"deepspeed_config_file": str(path)}}
+        two = _two_processes(tmp_path / "run", world, _on_cpus(tmp_path, config, **changes))
+    else:
+        two = _two_processes(
+            tmp_path / "run", world, _on_cpus(tmp_path, config, mixed_precision="no")
+        )
     _assert_trained_alike(one_process, two)
 
 
@@ -251,7 +269,8 @@ def test_fsdp_on_cpus_is_refused_rather_than_trained_as_ddp(tmp_path, world):
     if torch.cuda.is_available():
         pytest.skip("FSDP is set up on GPUs")
     with pytest.raises(Exception, match="asks for FSDP, but accelerate set up MULTI_CPU"):
-        _two_processes(tmp_path, world, str(CPU_CONFIGS / "fsdp.yaml"))
+        config = _on_cpus(tmp_path, "fsdp", mixed_precision="no", use_cpu=True)
+        _two_processes(tmp_path / "run", world, config)
 
 
 def test_without_on_policy_both_stages_train_on_the_injected_pairs(tmp_path, world):
