@@ -19,6 +19,12 @@ export DO_NOT_TRACK := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export TOKENIZERS_PARALLELISM := false
 
+# Bytecode for every installed module, on all cores (pip compiles on one: two of the install's
+# three minutes here). Without it each process compiles what it imports, and where
+# PYTHONDONTWRITEBYTECODE is set it does so at every start. Failures are template files that
+# are not Python (pip skips them too).
+COMPILE = $(PY) -m compileall -qq -j 0 $(VENV)/lib || true
+
 .PHONY: install run test test-distributed lint bench bench-quick viz mlflow-ui clean-data
 
 $(VENV)/.installed: pyproject.toml
@@ -27,9 +33,10 @@ $(VENV)/.installed: pyproject.toml
 	@if $(PY) -c "import torch" 2>/dev/null; then \
 		echo "keeping installed torch $$($(PY) -c 'import torch; print(torch.__version__)')"; \
 	else \
-		$(PY) -m pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)); \
+		$(PY) -m pip install --quiet --no-compile "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)); \
 	fi
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet --no-compile -e ".[test]"
+	$(COMPILE)
 	touch $@
 
 install: $(VENV)/.installed
@@ -43,7 +50,8 @@ test: install
 # DeepSpeed ZeRO-2/3 and FSDP launches on this machine's CPUs, one at a time (2 processes each);
 # DeepSpeed's C++ op is compiled into the venv, not ~/.cache.
 test-distributed: install
-	$(PY) -m pip install --quiet -e ".[test,deepspeed]"
+	$(PY) -m pip install --quiet --no-compile -e ".[test,deepspeed]"
+	$(COMPILE)
 	TORCH_EXTENSIONS_DIR=$(abspath $(VENV))/torch_extensions $(VENV)/bin/pytest -m distributed -n 0
 
 lint: install
