@@ -268,8 +268,8 @@ def test_fsdp_on_cpus_is_refused_rather_than_trained_as_ddp(tmp_path, world):
     # accelerate sets FSDP up on GPUs only: told use_cpu, it would train DDP without a word.
     if torch.cuda.is_available():
         pytest.skip("FSDP is set up on GPUs")
+    config = _on_cpus(tmp_path, "fsdp", mixed_precision="no", use_cpu=True)
     with pytest.raises(Exception, match="asks for FSDP, but accelerate set up MULTI_CPU"):
-        config = _on_cpus(tmp_path, "fsdp", mixed_precision="no", use_cpu=True)
         _two_processes(tmp_path / "run", world, config)
 
 
